@@ -1,0 +1,267 @@
+//! A configurable convolutional network and the presets of the lecture and beyond.
+
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::prelude::*;
+
+use crate::{ActivationConfig, ConvBlock, DenseBlock, Init, LayerActivations};
+
+/// One stage: convolutions, then an optional 2x2 max pool, then an optional
+/// residual block (two convolutions of the same width added to their input).
+#[derive(Config, Debug, PartialEq)]
+pub struct StageConfig {
+    /// Output channels of each convolution of the stage.
+    pub widths: Vec<usize>,
+    /// A 2x2 max pool (stride 2) after the convolutions.
+    #[config(default = true)]
+    pub pool: bool,
+    /// A residual block after the pool: `x + conv(conv(x))`.
+    #[config(default = false)]
+    pub residual: bool,
+}
+
+/// How the classifier head turns feature maps into a vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum HeadPooling {
+    /// Global average pooling: `[N, C, H, W] -> [N, C]`.
+    #[default]
+    Average,
+    /// Global max pooling: `[N, C, H, W] -> [N, C]`.
+    Max,
+    /// Flatten: `[N, C, H, W] -> [N, C * H * W]`.
+    Flatten,
+}
+
+/// Configuration of a [`Cnn`].
+#[derive(Config, Debug, PartialEq)]
+pub struct CnnConfig {
+    /// The convolutional stages, in order.
+    pub stages: Vec<StageConfig>,
+    /// Input channels.
+    #[config(default = 3)]
+    pub in_channels: usize,
+    /// Input height and width (needed to size a flattening head).
+    #[config(default = 32)]
+    pub image_size: usize,
+    /// Convolution kernel size (odd; same padding).
+    #[config(default = 3)]
+    pub kernel_size: usize,
+    /// How the head reduces the feature maps.
+    #[config(default = "HeadPooling::Average")]
+    pub pooling: HeadPooling,
+    /// Hidden affine layers of the head, before the output layer.
+    #[config(default = "vec![]")]
+    pub head_hidden: Vec<usize>,
+    /// Output classes.
+    #[config(default = 10)]
+    pub classes: usize,
+    /// The activation of every conv and hidden layer.
+    #[config(default = "ActivationConfig::Relu")]
+    pub activation: ActivationConfig,
+    /// The weight initialization of every layer.
+    #[config(default = "Init::He")]
+    pub init: Init,
+    /// Batch norm after every convolution (and hidden head layer).
+    #[config(default = true)]
+    pub batch_norm: bool,
+    /// Dropout probability before the output layer (0: none).
+    #[config(default = 0.0)]
+    pub dropout: f64,
+    /// Multiplies the logits (ResNet-9 uses 0.125).
+    #[config(default = 1.0)]
+    pub logit_scale: f64,
+}
+
+impl CnnConfig {
+    /// CS231n's three-layer convnet: conv(32, 7x7) - relu - 2x2 max pool -
+    /// affine(100) - relu - affine(10). No batch norm.
+    pub fn three_layer() -> Self {
+        Self::new(vec![StageConfig::new(vec![32])])
+            .with_kernel_size(7)
+            .with_pooling(HeadPooling::Flatten)
+            .with_head_hidden(vec![100])
+            .with_batch_norm(false)
+    }
+
+    /// A small convnet: conv32-relu-pool, conv64-relu-pool, affine(4096 -> 10).
+    pub fn small() -> Self {
+        Self::new(vec![StageConfig::new(vec![32]), StageConfig::new(vec![64])])
+            .with_pooling(HeadPooling::Flatten)
+            .with_batch_norm(false)
+    }
+
+    /// A VGG-style net with batch norm: `[64, 64, M, 128, 128, M, 256, 256, M]`
+    /// 3x3 conv + BN + ReLU, global average pool, affine.
+    pub fn vgg() -> Self {
+        Self::vgg_with_widths([64, 128, 256])
+    }
+
+    /// The VGG-style net with other widths: two 3x3 conv + BN + ReLU per
+    /// stage, a 2x2 max pool after each, global average pool, affine. The
+    /// default `cnn` preset is `[32, 64, 128]`, a quarter of the VGG's compute.
+    pub fn vgg_with_widths(widths: [usize; 3]) -> Self {
+        Self::new(widths.iter().map(|&w| StageConfig::new(vec![w, w])).collect())
+    }
+
+    /// A ResNet-9-style net for high accuracy (after Page's DAWNBench
+    /// entry): prep conv 64; conv 128, pool, residual; conv 256, pool; conv
+    /// 512, pool, residual; global max pool; affine; logits scaled by 0.125.
+    pub fn resnet9() -> Self {
+        Self::new(vec![
+            StageConfig::new(vec![64]).with_pool(false),
+            StageConfig::new(vec![128]).with_residual(true),
+            StageConfig::new(vec![256]),
+            StageConfig::new(vec![512]).with_residual(true),
+        ])
+        .with_pooling(HeadPooling::Max)
+        .with_logit_scale(0.125)
+    }
+
+    /// Builds the network on `device` (build it on an autodiff device to train it).
+    pub fn init(&self, device: &Device) -> Cnn {
+        assert!(!self.stages.is_empty(), "a CNN needs at least one stage");
+        assert!(self.kernel_size % 2 == 1, "kernel_size must be odd, got {}", self.kernel_size);
+        assert!((0.0..1.0).contains(&self.dropout), "dropout must be in [0, 1), got {}", self.dropout);
+        let block = |cin, cout| {
+            ConvBlock::new(cin, cout, self.kernel_size, &self.activation, &self.init, self.batch_norm, device)
+        };
+        let mut channels = self.in_channels;
+        let mut size = self.image_size;
+        let mut stages = Vec::with_capacity(self.stages.len());
+        for stage in &self.stages {
+            assert!(!stage.widths.is_empty(), "every stage needs at least one convolution");
+            let convs = stage
+                .widths
+                .iter()
+                .map(|&w| {
+                    let b = block(channels, w);
+                    channels = w;
+                    b
+                })
+                .collect();
+            if stage.pool {
+                assert!(size >= 2, "too many pooling stages for a {}x{} input", self.image_size, self.image_size);
+                size /= 2;
+            }
+            let residual = if stage.residual {
+                vec![block(channels, channels), block(channels, channels)]
+            } else {
+                Vec::new()
+            };
+            stages.push(Stage {
+                convs,
+                pool: stage.pool.then(|| MaxPool2dConfig::new([2, 2]).init()),
+                residual,
+            });
+        }
+        let mut features = match self.pooling {
+            HeadPooling::Flatten => channels * size * size,
+            _ => channels,
+        };
+        let hidden = self
+            .head_hidden
+            .iter()
+            .map(|&units| {
+                let b = DenseBlock::new(features, units, &self.activation, &self.init, self.batch_norm, 0.0, device);
+                features = units;
+                b
+            })
+            .collect();
+        Cnn {
+            stages,
+            pooling: self.pooling,
+            hidden,
+            dropout: (self.dropout > 0.0).then(|| DropoutConfig::new(self.dropout).init()),
+            output: self.init.linear(features, self.classes, device),
+            logit_scale: self.logit_scale,
+        }
+    }
+}
+
+/// One stage of a [`Cnn`].
+#[derive(Module, Debug)]
+pub struct Stage {
+    /// The convolutions.
+    pub convs: Vec<ConvBlock>,
+    /// The pool after them.
+    pub pool: Option<MaxPool2d>,
+    /// The residual branch (empty: none).
+    pub residual: Vec<ConvBlock>,
+}
+
+/// A convolutional network; build one with [`CnnConfig::init`].
+#[derive(Module, Debug)]
+pub struct Cnn {
+    /// The convolutional stages.
+    pub stages: Vec<Stage>,
+    /// How the head reduces the feature maps.
+    #[module(skip)]
+    pub pooling: HeadPooling,
+    /// Hidden head layers.
+    pub hidden: Vec<DenseBlock>,
+    /// Dropout before the output layer.
+    pub dropout: Option<Dropout>,
+    /// The output layer.
+    pub output: Linear,
+    /// Factor applied to the logits.
+    pub logit_scale: f64,
+}
+
+impl Cnn {
+    /// Computes class scores (logits).
+    ///
+    /// # Shapes
+    ///
+    /// - input: `[N, in_channels, image_size, image_size]`
+    /// - output: `[N, classes]`
+    pub fn forward(&self, input: Tensor<4>) -> Tensor<2> {
+        self.run(input, None)
+    }
+
+    /// As [`forward`](Self::forward), also returning every conv and hidden
+    /// layer's values (named `stage1.conv1`, `stage2.res1`, `head1`, ...).
+    pub fn forward_observed(&self, input: Tensor<4>) -> (Tensor<2>, Vec<LayerActivations>) {
+        let mut observed = Vec::new();
+        let logits = self.run(input, Some(&mut observed));
+        (logits, observed)
+    }
+
+    fn run(&self, input: Tensor<4>, mut observed: Option<&mut Vec<LayerActivations>>) -> Tensor<2> {
+        let mut x = input;
+        for (s, stage) in self.stages.iter().enumerate() {
+            for (c, conv) in stage.convs.iter().enumerate() {
+                let obs = observed.as_deref_mut().map(|o| (o, format!("stage{}.conv{}", s + 1, c + 1)));
+                x = conv.forward_observed(x, obs);
+            }
+            if let Some(pool) = &stage.pool {
+                x = pool.forward(x);
+            }
+            if !stage.residual.is_empty() {
+                let mut branch = x.clone();
+                for (r, conv) in stage.residual.iter().enumerate() {
+                    let obs = observed.as_deref_mut().map(|o| (o, format!("stage{}.res{}", s + 1, r + 1)));
+                    branch = conv.forward_observed(branch, obs);
+                }
+                x = x + branch;
+            }
+        }
+        let mut x: Tensor<2> = match self.pooling {
+            HeadPooling::Average => x.mean_dim(3).mean_dim(2).flatten(1, 3),
+            HeadPooling::Max => x.max_dim(3).max_dim(2).flatten(1, 3),
+            HeadPooling::Flatten => x.flatten(1, 3),
+        };
+        for (i, block) in self.hidden.iter().enumerate() {
+            let obs = observed.as_deref_mut().map(|o| (o, format!("head{}", i + 1)));
+            x = block.forward_observed(x, obs);
+        }
+        if let Some(dropout) = &self.dropout {
+            x = dropout.forward(x);
+        }
+        let logits = self.output.forward(x);
+        if self.logit_scale == 1.0 {
+            logits
+        } else {
+            logits.mul_scalar(self.logit_scale)
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The building blocks: an affine layer and a conv layer, each followed by
+//! optional batch norm and an activation.
+
+use burn::nn::conv::Conv2d;
+use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear};
+use burn::prelude::*;
+
+use crate::{Activation, ActivationConfig, Init, LayerActivations};
+
+/// Linear, then batch norm (optional), then activation, then dropout (optional).
+#[derive(Module, Debug)]
+pub struct DenseBlock {
+    /// The affine map (`pieces x units` outputs for Maxout).
+    pub linear: Linear,
+    /// Batch norm between the affine map and the activation.
+    pub norm: Option<BatchNorm>,
+    /// The nonlinearity.
+    pub activation: Activation,
+    /// Dropout after the activation.
+    pub dropout: Option<Dropout>,
+}
+
+impl DenseBlock {
+    /// A block of `units` outputs.
+    pub fn new(
+        inputs: usize,
+        units: usize,
+        activation: &ActivationConfig,
+        init: &Init,
+        batch_norm: bool,
+        dropout: f64,
+        device: &Device,
+    ) -> Self {
+        assert!((0.0..1.0).contains(&dropout), "dropout must be in [0, 1), got {dropout}");
+        let width = units * activation.width_multiplier();
+        Self {
+            linear: init.linear(inputs, width, device),
+            norm: batch_norm.then(|| BatchNormConfig::new(width).init(device)),
+            activation: activation.init(units, device),
+            dropout: (dropout > 0.0).then(|| DropoutConfig::new(dropout).init()),
+        }
+    }
+
+    /// # Shapes
+    ///
+    /// - input: `[N, inputs]`
+    /// - output: `[N, units]`
+    pub fn forward(&self, input: Tensor<2>) -> Tensor<2> {
+        self.forward_observed(input, None)
+    }
+
+    /// As [`forward`](Self::forward), pushing the pre-activation (after batch
+    /// norm) and post-activation values to `observed` when given.
+    pub fn forward_observed(&self, input: Tensor<2>, observed: Option<(&mut Vec<LayerActivations>, String)>) -> Tensor<2> {
+        let mut x = self.linear.forward(input);
+        if let Some(norm) = &self.norm {
+            x = norm.forward(x);
+        }
+        let pre = observed.is_some().then(|| x.clone());
+        let mut y = self.activation.forward(x);
+        if let (Some((out, name)), Some(pre)) = (observed, pre) {
+            out.push(LayerActivations::new(name, pre, y.clone()));
+        }
+        if let Some(dropout) = &self.dropout {
+            y = dropout.forward(y);
+        }
+        y
+    }
+}
+
+/// A same-padded Conv2d, then batch norm (optional), then activation.
+#[derive(Module, Debug)]
+pub struct ConvBlock {
+    /// The convolution (`pieces x channels` outputs for Maxout).
+    pub conv: Conv2d,
+    /// Batch norm between the convolution and the activation.
+    pub norm: Option<BatchNorm>,
+    /// The nonlinearity.
+    pub activation: Activation,
+}
+
+impl ConvBlock {
+    /// A block of `channels` output channels; the conv has a bias only without batch norm.
+    pub fn new(
+        in_channels: usize,
+        channels: usize,
+        kernel: usize,
+        activation: &ActivationConfig,
+        init: &Init,
+        batch_norm: bool,
+        device: &Device,
+    ) -> Self {
+        let width = channels * activation.width_multiplier();
+        Self {
+            conv: init.conv2d(in_channels, width, kernel, !batch_norm, device),
+            norm: batch_norm.then(|| BatchNormConfig::new(width).init(device)),
+            activation: activation.init(channels, device),
+        }
+    }
+
+    /// # Shapes
+    ///
+    /// - input: `[N, in_channels, H, W]`
+    /// - output: `[N, channels, H, W]`
+    pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        self.forward_observed(input, None)
+    }
+
+    /// As [`forward`](Self::forward), pushing the pre- and post-activation
+    /// values to `observed` when given.
+    pub fn forward_observed(&self, input: Tensor<4>, observed: Option<(&mut Vec<LayerActivations>, String)>) -> Tensor<4> {
+        let mut x = self.conv.forward(input);
+        if let Some(norm) = &self.norm {
+            x = norm.forward(x);
+        }
+        let pre = observed.is_some().then(|| x.clone());
+        let y = self.activation.forward(x);
+        if let (Some((out, name)), Some(pre)) = (observed, pre) {
+            out.push(LayerActivations::new(name, pre.flatten(1, 3), y.clone().flatten(1, 3)));
+        }
+        y
+    }
+}
