@@ -1,0 +1,368 @@
+//! The command line: `train fit | eval | predict | data | init-stats | bench`.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand};
+use cifar_data::Preprocessing;
+use cifar_models::{ActivationConfig, CnnConfig, Init, ModelConfig, StageConfig};
+
+use crate::config::{Backend, LrSchedule, OptimizerKind, TrainConfig};
+
+/// Train and inspect CIFAR-10 classifiers the way CS231n's "Training Neural
+/// Networks I" teaches: activations, preprocessing, initialization, batch
+/// norm, and babysitting the learning process.
+#[derive(Debug, Parser)]
+#[command(name = "train", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a model; writes a run folder (see --out).
+    Fit(Box<FitArgs>),
+    /// Accuracy, per-class accuracy and confusion matrix of a trained run.
+    Eval(EvalArgs),
+    /// Classify PNG or JPEG images with a trained run.
+    Predict(PredictArgs),
+    /// Where the data is, how many images per split and class, channel statistics.
+    Data(DataArgs),
+    /// The lecture's weight-initialization experiment: activation statistics layer by layer.
+    InitStats(InitStatsArgs),
+    /// Measure data loading, preprocessing, batching and training speed.
+    Bench(BenchArgs),
+}
+
+/// Where the data comes from.
+#[derive(Debug, Clone, Args)]
+pub struct DataSource {
+    /// The cifar-10-batches-bin folder [default: $CIFAR10_DIR, ./data/cifar-10-batches-bin, then the download cache]
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Download the official archive into the cache folder if no data is found.
+    #[arg(long)]
+    pub download: bool,
+}
+
+/// `train fit`: every option of [`TrainConfig`], each overriding `--config`.
+#[derive(Debug, Args)]
+pub struct FitArgs {
+    /// Where the data comes from.
+    #[command(flatten)]
+    pub source: DataSource,
+    /// flex (= cpu), ndarray, or wgpu (= gpu) [default: flex]
+    #[arg(long, value_name = "NAME")]
+    pub backend: Option<Backend>,
+    /// A preset: mlp (= two-layer, 3072-100-10), three-layer, small-cnn, cnn, vgg, resnet9 [default: cnn]
+    #[arg(long, value_name = "NAME")]
+    pub model: Option<ModelConfig>,
+    /// MLP hidden layer sizes, comma-separated (e.g. 100 or 512,512,512,512)
+    #[arg(long, value_delimiter = ',', value_name = "SIZES")]
+    pub hidden: Option<Vec<usize>>,
+    /// CNN stage widths, comma-separated: two 3x3 convs and a 2x2 max pool per stage (e.g. 32,64,128)
+    #[arg(long, value_delimiter = ',', value_name = "WIDTHS")]
+    pub channels: Option<Vec<usize>>,
+    /// sigmoid, tanh, relu, leaky-relu[:SLOPE], prelu, prelu-shared, elu[:ALPHA], maxout[:PIECES], gelu, silu
+    #[arg(long, value_name = "NAME")]
+    pub activation: Option<ActivationConfig>,
+    /// zeros, small (N(0, 0.01²)), large (N(0, 1)), gaussian:STD, xavier, he, glorot-uniform, kaiming-uniform
+    #[arg(long, value_name = "NAME")]
+    pub init: Option<Init>,
+    /// Batch norm between each affine/conv layer and its activation: true or false
+    #[arg(long, value_name = "BOOL")]
+    pub batch_norm: Option<bool>,
+    /// Dropout probability
+    #[arg(long, value_name = "P")]
+    pub dropout: Option<f64>,
+    /// none, mean-image, channel-mean, standardize, pca:K, pca-whiten:K[:EPS], zca[:EPS] [default: standardize]
+    #[arg(long, value_name = "METHOD")]
+    pub preprocess: Option<Preprocessing>,
+    /// Random crop (4-pixel padding) and horizontal flip of training images: true or false [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub augment: Option<bool>,
+    /// sgd, momentum, nesterov, adam, adamw, rmsprop [default: nesterov]
+    #[arg(long, value_name = "NAME")]
+    pub optimizer: Option<OptimizerKind>,
+    /// Learning rate [default: 0.05]
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Momentum, or Adam's beta1 [default: 0.9]
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// L2 regularization strength [default: 5e-4]
+    #[arg(long, value_name = "L2")]
+    pub weight_decay: Option<f64>,
+    /// constant, step (÷10 at 50% and 75%), cosine [default: cosine]
+    #[arg(long, value_name = "NAME")]
+    pub lr_schedule: Option<LrSchedule>,
+    /// Epochs of linear learning-rate warmup [default: 1]
+    #[arg(long, value_name = "EPOCHS")]
+    pub warmup: Option<f64>,
+    /// Passes over the training split [default: 10]
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Examples per step [default: 128]
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Seed of initialization, shuffling, augmentation and dropout [default: 0]
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Train on the first N training images only (e.g. 20 to check the model can overfit)
+    #[arg(long, value_name = "N")]
+    pub train_size: Option<usize>,
+    /// Validation images held out from the end of the training batches [default: 1000]
+    #[arg(long, value_name = "N")]
+    pub val_size: Option<usize>,
+    /// The run folder [default: runs/<date>-<time>]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in --out from its checkpoint (flags such as --epochs still apply)
+    #[arg(long)]
+    pub resume: bool,
+    /// Start from this JSON config (a run's config.json works); flags override it
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print one JSON line with the results on standard output at the end
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `train eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The run folder
+    #[arg(long, value_name = "DIR")]
+    pub run: PathBuf,
+    /// val or test
+    #[arg(long, default_value = "val", value_parser = ["val", "test", "train"])]
+    pub split: String,
+    /// Where the data comes from.
+    #[command(flatten)]
+    pub source: DataSource,
+    /// flex (= cpu), ndarray, or wgpu (= gpu) [default: the run's]
+    #[arg(long, value_name = "NAME")]
+    pub backend: Option<Backend>,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `train predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// The run folder
+    #[arg(long, value_name = "DIR")]
+    pub run: PathBuf,
+    /// PNG or JPEG images (resized to 32x32 if needed)
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<PathBuf>,
+    /// How many classes to show per image
+    #[arg(long, default_value_t = 3)]
+    pub top: usize,
+    /// flex (= cpu), ndarray, or wgpu (= gpu) [default: the run's]
+    #[arg(long, value_name = "NAME")]
+    pub backend: Option<Backend>,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `train data`.
+#[derive(Debug, Args)]
+pub struct DataArgs {
+    /// Where the data comes from.
+    #[command(flatten)]
+    pub source: DataSource,
+    /// Validation images held out from the end of the training batches
+    #[arg(long, default_value_t = 1000)]
+    pub val_size: usize,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `train init-stats`.
+#[derive(Debug, Args)]
+pub struct InitStatsArgs {
+    /// Hidden layers
+    #[arg(long, default_value_t = 10)]
+    pub layers: usize,
+    /// Units per hidden layer
+    #[arg(long, default_value_t = 500)]
+    pub width: usize,
+    /// The hidden layers' activation
+    #[arg(long, default_value = "tanh")]
+    pub activation: ActivationConfig,
+    /// The weight initialization
+    #[arg(long, default_value = "small")]
+    pub init: Init,
+    /// Batch norm before each activation: true or false
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub batch_norm: bool,
+    /// Input examples
+    #[arg(long, default_value_t = 1000)]
+    pub samples: usize,
+    /// normal (standard normal, `width` features) or cifar (standardized CIFAR-10 images, 3072 features)
+    #[arg(long, default_value = "normal", value_parser = ["normal", "cifar"])]
+    pub input: String,
+    /// Where the data comes from.
+    #[command(flatten)]
+    pub source: DataSource,
+    /// Where to write the per-layer histograms
+    #[arg(long, default_value = "init-stats.png", value_name = "PNG")]
+    pub png: PathBuf,
+    /// Seed of the weights and the input
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// flex (= cpu), ndarray, or wgpu (= gpu)
+    #[arg(long, default_value = "flex", value_name = "NAME")]
+    pub backend: Backend,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `train bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// data (loading, statistics, PCA, batching) or train (training steps on random data)
+    #[arg(value_parser = ["data", "train"])]
+    pub what: String,
+    /// Where the data comes from.
+    #[command(flatten)]
+    pub source: DataSource,
+    /// The model to time (train)
+    #[arg(long, default_value = "mlp")]
+    pub model: ModelConfig,
+    /// flex (= cpu), ndarray, or wgpu (= gpu) (train)
+    #[arg(long, default_value = "flex", value_name = "NAME")]
+    pub backend: Backend,
+    /// Examples per step (train)
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Timed steps (train)
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+}
+
+impl FitArgs {
+    /// The run's config: `--config` (or the run's own when resuming), then the flags.
+    pub fn to_config(&self, base: Option<TrainConfig>) -> Result<TrainConfig> {
+        let mut c = match (&self.config, base) {
+            (Some(path), _) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
+                serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?
+            }
+            (None, Some(base)) => base,
+            (None, None) => TrainConfig::default(),
+        };
+        if let Some(b) = self.backend {
+            c.backend = b;
+        }
+        if let Some(m) = &self.model {
+            c.model = m.clone();
+        }
+        if let Some(hidden) = &self.hidden {
+            match &mut c.model {
+                ModelConfig::Mlp(m) => m.hidden_sizes = hidden.clone(),
+                ModelConfig::Cnn(_) => bail!("--hidden sets MLP layer sizes; use --channels for a CNN, or --model mlp"),
+            }
+        }
+        if let Some(widths) = &self.channels {
+            match &mut c.model {
+                ModelConfig::Cnn(m) => {
+                    anyhow::ensure!(widths.iter().all(|&w| w > 0), "--channels must be positive widths, got {widths:?}");
+                    m.stages = widths.iter().map(|&w| StageConfig::new(vec![w, w])).collect();
+                }
+                ModelConfig::Mlp(_) => bail!("--channels sets CNN stage widths; use --hidden for an MLP, or --model cnn"),
+            }
+        }
+        if let Some(hidden) = &self.hidden {
+            anyhow::ensure!(hidden.iter().all(|&h| h > 0), "--hidden must be positive sizes, got {hidden:?}");
+        }
+        match &mut c.model {
+            ModelConfig::Mlp(m) => {
+                if let Some(a) = self.activation {
+                    m.activation = a;
+                }
+                if let Some(i) = self.init {
+                    m.init = i;
+                }
+                if let Some(b) = self.batch_norm {
+                    m.batch_norm = b;
+                }
+                if let Some(d) = self.dropout {
+                    m.dropout = d;
+                }
+            }
+            ModelConfig::Cnn(m) => {
+                let m: &mut CnnConfig = m;
+                if let Some(a) = self.activation {
+                    m.activation = a;
+                }
+                if let Some(i) = self.init {
+                    m.init = i;
+                }
+                if let Some(b) = self.batch_norm {
+                    m.batch_norm = b;
+                }
+                if let Some(d) = self.dropout {
+                    m.dropout = d;
+                }
+            }
+        }
+        if let Some(p) = self.preprocess {
+            c.preprocess = p;
+        }
+        if let Some(a) = self.augment {
+            c.augment = a.then(cifar_data::Augmentation::new);
+        }
+        if let Some(o) = self.optimizer {
+            c.optimizer = o;
+        }
+        if let Some(v) = self.lr {
+            c.lr = v;
+        }
+        if let Some(v) = self.momentum {
+            c.momentum = v;
+        }
+        if let Some(v) = self.weight_decay {
+            c.weight_decay = v;
+        }
+        if let Some(v) = self.lr_schedule {
+            c.lr_schedule = v;
+        }
+        if let Some(v) = self.warmup {
+            c.warmup = v;
+        }
+        if let Some(v) = self.epochs {
+            c.epochs = v;
+        }
+        if let Some(v) = self.batch_size {
+            c.batch_size = v;
+        }
+        if let Some(v) = self.seed {
+            c.seed = v;
+        }
+        if let Some(v) = self.val_size {
+            c.split.val_size = v;
+        }
+        if self.train_size.is_some() {
+            c.split.train_size = self.train_size;
+        }
+        // An MLP takes whatever the preprocessing produces: 3072 values, or K after PCA.
+        if let ModelConfig::Mlp(m) = &mut c.model {
+            m.input_size = match c.preprocess {
+                Preprocessing::Pca { components } | Preprocessing::PcaWhiten { components, .. } => components,
+                _ => cifar_data::IMAGE_BYTES,
+            };
+        }
+        c.validate().map_err(anyhow::Error::msg)?;
+        Ok(c)
+    }
+}

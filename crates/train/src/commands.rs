@@ -1,0 +1,321 @@
+//! What each subcommand does.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use cifar_data::{CLASSES, IMAGE_BYTES, Preprocessing, SplitConfig};
+use cifar_models::{ActivationStats, MlpConfig};
+use serde_json::json;
+
+use crate::cli::{BenchArgs, DataArgs, EvalArgs, FitArgs, InitStatsArgs, PredictArgs};
+use crate::config::TrainConfig;
+use crate::fit::{FitOptions, fit, interrupt_flag};
+use crate::progress::Progress;
+use crate::rundir::RunDir;
+use crate::{backend, dataset, plot};
+
+/// `train fit`.
+pub fn fit_command(args: &FitArgs) -> Result<()> {
+    let out = args.out.clone().unwrap_or_else(default_run_dir);
+    let base = if args.resume {
+        Some(RunDir::open(&out).context("--resume")?.load_config()?)
+    } else {
+        None
+    };
+    let config = args.to_config(base)?;
+    if !args.resume && out.join("checkpoint").exists() {
+        bail!(
+            "{} already holds a run: pass --resume to continue it, or another --out",
+            out.display()
+        );
+    }
+    let device = backend::device(config.backend)?;
+    let progress = Progress::new(args.json);
+    let (dir, data) = dataset::load(args.source.data.as_deref(), args.source.download)?;
+    progress.line(&format!("data: {} ({} training images)", dir.display(), data.train.len()));
+    let started = Instant::now();
+    let prepared = dataset::prepare(&data, &config.split, &config.preprocess)?;
+    progress.line(&format!(
+        "{} train / {} val{} images, preprocessing {} fitted in {:.1}s",
+        prepared.train.len(),
+        prepared.val.len(),
+        prepared.test.as_ref().map(|t| format!(" / {} test", t.len())).unwrap_or_default(),
+        config.preprocess,
+        started.elapsed().as_secs_f64()
+    ));
+    let run = RunDir::create(&out)?;
+    run.save_config(&config)?;
+    run.save_preprocessing(&prepared.fitted)?;
+    progress.line(&format!("run folder: {}, backend {}", run.path().display(), config.backend));
+    let summary = fit(
+        &config,
+        &prepared,
+        &run,
+        &device,
+        FitOptions {
+            resume: args.resume,
+            interrupt: interrupt_flag(),
+            progress,
+            observers: Vec::new(),
+        },
+    )?;
+    progress.line(&format!(
+        "done: best val acc {:.4}{}, {:.0} img/s, {:.0}s; run folder {}",
+        summary.val_accuracy,
+        summary.test_accuracy.map(|a| format!(", test acc {a:.4}")).unwrap_or_default(),
+        summary.images_per_sec,
+        summary.seconds,
+        summary.run_dir
+    ));
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    }
+    Ok(())
+}
+
+/// `runs/<YYYYmmdd-HHMMSS>` in UTC.
+fn default_run_dir() -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    PathBuf::from("runs").join(format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    ))
+}
+
+/// Loads a run's config, preprocessing and best model on `backend` (or the run's).
+fn load_run(dir: &std::path::Path, backend: Option<crate::config::Backend>) -> Result<(RunDir, TrainConfig, Device, cifar_models::Model)> {
+    let run = RunDir::open(dir)?;
+    let config = run.load_config()?;
+    let device = backend::device(backend.unwrap_or(config.backend))?;
+    let model = run.load_best(config.model.init(&device))?;
+    Ok((run, config, device, model))
+}
+
+/// `train eval`.
+pub fn eval_command(args: &EvalArgs) -> Result<()> {
+    let (run, config, device, model) = load_run(&args.run, args.backend)?;
+    let fitted = run.load_preprocessing()?;
+    let (_, data) = dataset::load(args.source.data.as_deref(), args.source.download)?;
+    let splits = config.split.split(&data)?;
+    let set = match args.split.as_str() {
+        "train" => &splits.train,
+        "val" => &splits.val,
+        _ => splits
+            .test
+            .as_ref()
+            .context("--split test: this data folder has no test_batch.bin; use --split val")?,
+    };
+    let features = Arc::new(fitted.transform(set));
+    let eval = crate::evaluate::evaluate(&model, &features, 500, &device);
+    let png = run.file(&format!("confusion-{}.png", args.split));
+    plot::confusion_png(&eval.confusion, 24, &png)?;
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "split": args.split, "examples": eval.examples, "accuracy": eval.accuracy,
+                "loss": eval.loss, "per_class": eval.per_class(), "confusion": eval.confusion,
+                "confusion_png": png.display().to_string(),
+            })
+        );
+        return Ok(());
+    }
+    println!("{} split: {} images, accuracy {:.4}, loss {:.4}", args.split, eval.examples, eval.accuracy, eval.loss);
+    println!("\nper-class accuracy:");
+    for (name, acc) in CLASSES.iter().zip(eval.per_class()) {
+        println!("  {name:<10} {acc:.3}");
+    }
+    println!("\nconfusion matrix (rows: true class, columns: predicted):");
+    print!("{:>10}", "");
+    for name in CLASSES {
+        print!(" {:>5}", &name[..5.min(name.len())]);
+    }
+    println!();
+    for (name, row) in CLASSES.iter().zip(&eval.confusion) {
+        print!("{name:>10}");
+        for count in row {
+            print!(" {count:>5}");
+        }
+        println!();
+    }
+    println!("\nheat map: {}", png.display());
+    Ok(())
+}
+
+/// `train predict`.
+pub fn predict_command(args: &PredictArgs) -> Result<()> {
+    anyhow::ensure!((1..=10).contains(&args.top), "--top must be between 1 and 10, got {}", args.top);
+    let (run, _config, device, model) = load_run(&args.run, args.backend)?;
+    let fitted = run.load_preprocessing()?;
+    let mut pixels = Vec::with_capacity(args.images.len() * IMAGE_BYTES);
+    for path in &args.images {
+        let img = image::open(path)
+            .with_context(|| format!("cannot read {} as a PNG or JPEG image", path.display()))?
+            .to_rgb8();
+        let img = if img.dimensions() == (32, 32) {
+            img
+        } else {
+            image::imageops::resize(&img, 32, 32, image::imageops::FilterType::Triangle)
+        };
+        for c in 0..3 {
+            for y in 0..32 {
+                for x in 0..32 {
+                    pixels.push(img.get_pixel(x, y)[c]);
+                }
+            }
+        }
+    }
+    let values = fitted.transform_pixels(&pixels);
+    let [c, h, w] = fitted.output_shape().dims();
+    let input = Tensor::<4>::from_data(TensorData::new(values, [args.images.len(), c, h, w]), &device);
+    let probs = burn::tensor::activation::softmax(model.forward(input), 1)
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .expect("floats");
+    let mut results = Vec::new();
+    for (path, p) in args.images.iter().zip(probs.chunks(10)) {
+        let mut ranked: Vec<(usize, f32)> = p.iter().copied().enumerate().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        ranked.truncate(args.top);
+        if !args.json {
+            let text: Vec<String> = ranked.iter().map(|(k, p)| format!("{} {:.1}%", CLASSES[*k], p * 100.0)).collect();
+            println!("{}: {}", path.display(), text.join(", "));
+        }
+        results.push(json!({
+            "image": path.display().to_string(),
+            "top": ranked.iter().map(|(k, p)| json!({"class": CLASSES[*k], "probability": p})).collect::<Vec<_>>(),
+        }));
+    }
+    if args.json {
+        println!("{}", serde_json::Value::Array(results));
+    }
+    Ok(())
+}
+
+/// `train data`.
+pub fn data_command(args: &DataArgs) -> Result<()> {
+    let (dir, data) = dataset::load(args.source.data.as_deref(), args.source.download)?;
+    let splits = SplitConfig::new().with_val_size(args.val_size).split(&data)?;
+    let fitted = Preprocessing::Standardize.fit(&splits.train)?;
+    let std: Vec<f64> = fitted.scale.iter().map(|s| 1.0 / *s as f64).collect();
+    let mut report = json!({
+        "folder": dir.display().to_string(),
+        "classes": data.classes,
+        "splits": {
+            "train": {"images": splits.train.len(), "per_class": splits.train.class_counts()},
+            "val": {"images": splits.val.len(), "per_class": splits.val.class_counts()},
+        },
+        "train_channel_mean": fitted.mean,
+        "train_channel_std": std,
+    });
+    if let Some(test) = &splits.test {
+        report["splits"]["test"] = json!({"images": test.len(), "per_class": test.class_counts()});
+    }
+    if args.json {
+        println!("{report}");
+        return Ok(());
+    }
+    println!("folder: {}", dir.display());
+    println!("{:<10} {:>7}  per class ({})", "split", "images", data.classes.join(", "));
+    let show = |name: &str, set: &cifar_data::ImageSet| {
+        let counts: Vec<String> = set.class_counts().iter().map(|c| c.to_string()).collect();
+        println!("{name:<10} {:>7}  {}", set.len(), counts.join(" "));
+    };
+    show("train", &splits.train);
+    show("val", &splits.val);
+    match &splits.test {
+        Some(test) => show("test", test),
+        None => println!("test       (no test_batch.bin)"),
+    }
+    println!(
+        "training-split channel mean (R, G, B, 0-1 scale): {:.4} {:.4} {:.4}",
+        fitted.mean[0], fitted.mean[1], fitted.mean[2]
+    );
+    println!("training-split channel std:                      {:.4} {:.4} {:.4}", std[0], std[1], std[2]);
+    Ok(())
+}
+
+/// `train init-stats`.
+pub fn init_stats_command(args: &InitStatsArgs) -> Result<()> {
+    anyhow::ensure!(args.layers > 0, "--layers must be at least 1");
+    anyhow::ensure!(args.width > 0, "--width must be at least 1");
+    anyhow::ensure!(args.samples > 0, "--samples must be at least 1");
+    let device = backend::device(args.backend)?;
+    device.seed(args.seed);
+    let input: Tensor<2> = if args.input == "cifar" {
+        let (_, data) = dataset::load(args.source.data.as_deref(), args.source.download)?;
+        let n = args.samples.min(data.train.len());
+        let set = cifar_data::ImageSet::new(data.train.pixels()[..n * IMAGE_BYTES].to_vec(), data.train.labels()[..n].to_vec());
+        let features = Preprocessing::Standardize.fit(&data.train)?.transform(&set);
+        Tensor::from_data(TensorData::new(features.values, [n, IMAGE_BYTES]), &device)
+    } else {
+        Tensor::random([args.samples, args.width], burn::tensor::Distribution::Normal(0.0, 1.0), &device)
+    };
+    let input_size = input.dims()[1];
+    let mlp = MlpConfig::new()
+        .with_input_size(input_size)
+        .with_hidden_sizes(vec![args.width; args.layers])
+        .with_activation(args.activation)
+        .with_init(args.init)
+        .with_batch_norm(args.batch_norm)
+        .init(&device);
+    let (_, layers) = mlp.forward_observed(input.clone());
+    let input_stats = ActivationStats::of_tensor(input, None, 1);
+    let mut rows = Vec::new();
+    let mut report = Vec::new();
+    if !args.json {
+        println!("input layer had mean {:.6} and std {:.6}", input_stats.mean, input_stats.std);
+    }
+    for (i, layer) in layers.into_iter().enumerate() {
+        let s = ActivationStats::of_tensor(layer.post, args.activation.saturation_band(), 30);
+        if !args.json {
+            println!(
+                "hidden layer {} had mean {:.6} and std {:.6} ({:.1}% zero, {:.1}% saturated)",
+                i + 1,
+                s.mean,
+                s.std,
+                100.0 * s.zero_fraction,
+                100.0 * s.saturated_fraction
+            );
+        }
+        rows.push(s.histogram.counts.clone());
+        report.push(json!({
+            "layer": i + 1, "mean": s.mean, "std": s.std, "zero_fraction": s.zero_fraction,
+            "saturated_fraction": s.saturated_fraction, "histogram": s.histogram,
+        }));
+    }
+    plot::histograms_png(&rows, &args.png)?;
+    if args.json {
+        println!("{}", serde_json::Value::Array(report));
+    } else {
+        println!("histograms (one row per layer, each over its own range): {}", args.png.display());
+    }
+    Ok(())
+}
+
+/// `train bench`.
+pub fn bench_command(args: &BenchArgs) -> Result<()> {
+    match args.what.as_str() {
+        "data" => crate::bench::data(&args.source),
+        _ => crate::bench::train(&args.model, args.backend, args.batch_size, args.steps),
+    }
+}

@@ -1,0 +1,106 @@
+//! Progress: a bar inside each epoch on a terminal, plain lines otherwise,
+//! and one summary line per epoch.
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::fit::EpochSummary;
+
+/// Where progress is reported.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Human-readable lines go to standard error (so standard output holds only `--json`).
+    pub to_stderr: bool,
+    /// Draw bars (standard error is a terminal).
+    pub bars: bool,
+}
+
+impl Progress {
+    /// Bars when standard error is a terminal; lines to standard error when `json`.
+    pub fn new(json: bool) -> Self {
+        Self {
+            to_stderr: json,
+            bars: std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// Prints one line where human-readable output goes.
+    pub fn line(&self, text: &str) {
+        if self.to_stderr {
+            eprintln!("{text}");
+        } else {
+            println!("{text}");
+        }
+    }
+
+    /// A bar for one epoch of `steps` steps, `done` of them already done.
+    pub fn epoch_bar(&self, epoch: usize, epochs: usize, steps: usize, done: usize) -> EpochBar {
+        let bar = if self.bars {
+            let bar = ProgressBar::with_draw_target(Some(steps as u64), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(format!("{epoch}/{epochs}"));
+            bar.set_position(done as u64);
+            Some(bar)
+        } else {
+            None
+        };
+        EpochBar {
+            bar,
+            progress: *self,
+            epoch,
+            steps,
+            done,
+            every: (steps / 5).max(1),
+        }
+    }
+
+    /// The line after each epoch.
+    pub fn epoch_line(&self, s: &EpochSummary, epochs: usize) {
+        self.line(&format!(
+            "epoch {}/{epochs}: loss {:.4}, train acc {:.3}, val acc {:.3}, lr {:.2e}, {:.0} img/s, {:.0}s",
+            s.epoch, s.train_loss, s.train_accuracy, s.val_accuracy, s.lr, s.images_per_sec, s.seconds
+        ));
+    }
+}
+
+/// Progress within one epoch.
+pub struct EpochBar {
+    bar: Option<ProgressBar>,
+    progress: Progress,
+    epoch: usize,
+    steps: usize,
+    done: usize,
+    every: usize,
+}
+
+impl EpochBar {
+    /// One more step done, with the running mean loss and throughput.
+    pub fn step(&mut self, loss: f64, images_per_sec: f64) {
+        self.done += 1;
+        match &self.bar {
+            Some(bar) => {
+                bar.set_message(format!("loss {loss:.4} {images_per_sec:.0} img/s"));
+                bar.inc(1);
+            }
+            None if self.done % self.every == 0 && self.done < self.steps => {
+                self.progress.line(&format!(
+                    "  epoch {} step {}/{}: loss {loss:.4}, {images_per_sec:.0} img/s",
+                    self.epoch, self.done, self.steps
+                ));
+            }
+            None => {}
+        }
+    }
+
+    /// Clears the bar.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

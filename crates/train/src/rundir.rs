@@ -1,0 +1,178 @@
+//! The run folder: everything `eval` and `predict` need, written so that a
+//! crash never leaves a half-written file behind.
+//!
+//! ```text
+//! runs/NAME/
+//!   config.json        the full TrainConfig
+//!   preprocess.bin     the fitted preprocessing
+//!   metrics.csv        loss per iteration, accuracies per epoch
+//!   checkpoint/        model.bpk, optimizer.bpk, state.json (latest, for --resume)
+//!   best.bpk           the model with the best validation accuracy
+//!   summary.json       final figures
+//!   confusion-val.png  written by `train eval`
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use burn::module::Module;
+use burn::optim::ModuleOptimizer;
+use cifar_data::FittedPreprocessing;
+use cifar_models::Model;
+use serde::{Deserialize, Serialize};
+
+use crate::config::TrainConfig;
+
+/// Where a checkpoint stands in the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Epoch being trained (0-based).
+    pub epoch: usize,
+    /// Batches of that epoch already trained.
+    pub batch: usize,
+    /// Steps taken in the whole run.
+    pub iteration: usize,
+    /// Loss of the first step (for the divergence check).
+    pub initial_loss: Option<f64>,
+    /// Best validation accuracy so far.
+    pub best_val_accuracy: Option<f64>,
+    /// Seconds spent training so far.
+    pub seconds: f64,
+}
+
+/// A run folder.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+impl RunDir {
+    /// Opens (and creates) the folder.
+    pub fn create(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).with_context(|| format!("cannot create run folder {}", root.display()))?;
+        Ok(Self { root })
+    }
+
+    /// Opens an existing run folder, checking it has a config.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        anyhow::ensure!(
+            root.join("config.json").is_file(),
+            "{} is not a run folder (it has no config.json): pass the --out folder of a `train fit` run",
+            root.display()
+        );
+        Ok(Self { root })
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// A file in the folder.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// Writes `config.json`.
+    pub fn save_config(&self, config: &TrainConfig) -> Result<()> {
+        write_atomic(&self.file("config.json"), serde_json::to_string_pretty(config)?.as_bytes())
+    }
+
+    /// Reads `config.json`.
+    pub fn load_config(&self) -> Result<TrainConfig> {
+        let path = self.file("config.json");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not a valid run config", path.display()))
+    }
+
+    /// Writes the fitted preprocessing.
+    pub fn save_preprocessing(&self, fitted: &FittedPreprocessing) -> Result<()> {
+        Ok(fitted.save(self.file("preprocess.bin"))?)
+    }
+
+    /// Reads the fitted preprocessing.
+    pub fn load_preprocessing(&self) -> Result<FittedPreprocessing> {
+        Ok(FittedPreprocessing::load(self.file("preprocess.bin"))?)
+    }
+
+    /// Saves `model` as the best model so far.
+    pub fn save_best(&self, model: &Model) -> Result<()> {
+        save_module(model, &self.file("best.bpk"))
+    }
+
+    /// Loads the best model into `model` (built from the run's config on the target device).
+    pub fn load_best(&self, model: Model) -> Result<Model> {
+        let path = self.file("best.bpk");
+        model
+            .try_load_file(&path)
+            .map_err(|e| anyhow::anyhow!("cannot load {}: {e:?}; was the run stopped before its first epoch ended?", path.display()))
+    }
+
+    /// Writes a checkpoint: model, optimizer state and training state, in a
+    /// temporary folder that replaces the previous checkpoint only when complete.
+    pub fn save_checkpoint(&self, model: &Model, optim: &ModuleOptimizer, state: &TrainState) -> Result<()> {
+        let tmp = self.file("checkpoint.tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        model
+            .clone()
+            .save_file(tmp.join("model.bpk"))
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e:?}", tmp.join("model.bpk").display()))?;
+        optim
+            .save(tmp.join("optimizer.bpk"))
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e:?}", tmp.join("optimizer.bpk").display()))?;
+        std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
+        let current = self.file("checkpoint");
+        let old = self.file("checkpoint.old");
+        let _ = std::fs::remove_dir_all(&old);
+        if current.exists() {
+            std::fs::rename(&current, &old)?;
+        }
+        std::fs::rename(&tmp, &current).with_context(|| format!("cannot write {}", current.display()))?;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
+    }
+
+    /// The latest complete checkpoint folder, if any.
+    fn checkpoint_dir(&self) -> Option<PathBuf> {
+        ["checkpoint", "checkpoint.old"]
+            .iter()
+            .map(|n| self.file(n))
+            .find(|d| d.join("state.json").is_file())
+    }
+
+    /// Loads the latest checkpoint into `model` and `optim`.
+    pub fn load_checkpoint(&self, model: Model, optim: ModuleOptimizer) -> Result<(Model, ModuleOptimizer, TrainState)> {
+        let dir = self.checkpoint_dir().with_context(|| {
+            format!("--resume: {} has no checkpoint; start the run without --resume", self.root.display())
+        })?;
+        let state: TrainState = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)
+            .with_context(|| format!("{} is corrupt", dir.join("state.json").display()))?;
+        let model = model
+            .try_load_file(dir.join("model.bpk"))
+            .map_err(|e| anyhow::anyhow!("cannot load {}: {e:?}", dir.join("model.bpk").display()))?;
+        let optim = optim
+            .load(dir.join("optimizer.bpk"))
+            .map_err(|e| anyhow::anyhow!("cannot load {}: {e:?}", dir.join("optimizer.bpk").display()))?;
+        Ok((model, optim, state))
+    }
+}
+
+/// Saves a module to `path` through a temporary file.
+pub fn save_module<M: Module + Clone>(module: &M, path: &Path) -> Result<()> {
+    let tmp = path.with_extension("tmp.bpk");
+    module
+        .clone()
+        .save_file(&tmp)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e:?}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
