@@ -38,7 +38,8 @@ impl MyNet {
     /// `[N, 3, 32, 32]` -> `[N, 10]`
     fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         let features = self.backbone.forward(images);
-        self.output.forward(self.activation.forward(self.hidden.forward(features)))
+        self.output
+            .forward(self.activation.forward(self.hidden.forward(features)))
     }
 }
 
@@ -48,8 +49,15 @@ fn main() {
     let mut net = MyNet::new(&device);
     let mut optim = AdamConfig::new().init();
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let images = Tensor::<4>::random([16, 3, 32, 32], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-    let labels = Tensor::<1, Int>::from_data(TensorData::new((0..16i64).map(|i| i % 10).collect::<Vec<_>>(), [16]), &device);
+    let images = Tensor::<4>::random(
+        [16, 3, 32, 32],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let labels = Tensor::<1, Int>::from_data(
+        TensorData::new((0..16i64).map(|i| i % 10).collect::<Vec<_>>(), [16]),
+        &device,
+    );
     for step in 1..=5 {
         let loss = loss_fn.forward(net.forward(images.clone()), labels.clone());
         println!("step {step}: loss {:.4}", loss.clone().into_scalar::<f32>());
@@ -61,11 +69,26 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("temp folder");
     let path = dir.join("mynet.bpk");
     let eval = net.valid();
-    let before = eval.forward(images.clone().inner()).into_data().try_into_vec_as::<f32>().expect("floats");
+    let before = eval
+        .forward(images.clone().inner())
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .expect("floats");
     eval.clone().save_file(&path).expect("save");
     let reloaded = MyNet::new(&Device::flex()).load_file(&path).valid();
-    let after = reloaded.forward(images.inner()).into_data().try_into_vec_as::<f32>().expect("floats");
-    let max_diff = before.iter().zip(&after).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    println!("saved to {}, reloaded: max logit difference {max_diff:e}", path.display());
+    let after = reloaded
+        .forward(images.inner())
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .expect("floats");
+    let max_diff = before
+        .iter()
+        .zip(&after)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    println!(
+        "saved to {}, reloaded: max logit difference {max_diff:e}",
+        path.display()
+    );
     assert!(max_diff < 1e-5, "reloaded weights differ");
 }

@@ -24,7 +24,6 @@ fn logits(config: &ModelConfig, weights: &std::path::Path, device: &Device) -> V
     model
         .forward(common::image_batch(4, 7, device))
         .into_data()
-        
         .try_into_vec_as::<f32>()
         .unwrap()
 }
@@ -41,14 +40,24 @@ fn assert_close(a: &[f32], b: &[f32], what: &str) {
 fn flex_and_ndarray_give_the_same_logits() {
     let dir = tempfile::tempdir().unwrap();
     let (config, path) = saved_mlp(dir.path());
-    assert_close(&logits(&config, &path, &Device::flex()), &logits(&config, &path, &Device::ndarray()), "ndarray");
+    assert_close(
+        &logits(&config, &path, &Device::flex()),
+        &logits(&config, &path, &Device::ndarray()),
+        "ndarray",
+    );
 }
 
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_gives_the_same_logits() {
-    let Some(device) = common::wgpu_device() else { return };
+    let Some(device) = common::wgpu_device() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let (config, path) = saved_mlp(dir.path());
-    assert_close(&logits(&config, &path, &Device::flex()), &logits(&config, &path, &device), "wgpu");
+    assert_close(
+        &logits(&config, &path, &Device::flex()),
+        &logits(&config, &path, &device),
+        "wgpu",
+    );
 }

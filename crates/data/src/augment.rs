@@ -39,7 +39,10 @@ impl Augmentation {
         debug_assert_eq!(src.len(), channels * height * width);
         let pad = self.pad as i64;
         let (dy, dx) = if pad > 0 {
-            (rng.random_range(-pad..=pad) as isize, rng.random_range(-pad..=pad) as isize)
+            (
+                rng.random_range(-pad..=pad) as isize,
+                rng.random_range(-pad..=pad) as isize,
+            )
         } else {
             (0, 0)
         };
@@ -67,7 +70,8 @@ pub(crate) fn shift_flip(
                 row.fill(0.0);
                 continue;
             }
-            let src_row = &src[c * plane + sy as usize * width..c * plane + (sy as usize + 1) * width];
+            let src_row =
+                &src[c * plane + sy as usize * width..c * plane + (sy as usize + 1) * width];
             for (x, out) in row.iter_mut().enumerate() {
                 let xx = if flip { width - 1 - x } else { x };
                 let sx = xx as isize + dx;
@@ -113,7 +117,10 @@ mod tests {
         };
         assert_eq!(run(1), run(1));
         let outs = run(2);
-        assert!(outs.iter().any(|o| o != &src), "augmentation changed nothing");
+        assert!(
+            outs.iter().any(|o| o != &src),
+            "augmentation changed nothing"
+        );
         assert!(outs.windows(2).any(|w| w[0] != w[1]));
     }
 }

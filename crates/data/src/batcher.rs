@@ -151,7 +151,11 @@ mod tests {
     use crate::FeatureShape;
 
     fn features(n: usize) -> Arc<Features> {
-        let shape = FeatureShape::Image { channels: 3, height: 4, width: 4 };
+        let shape = FeatureShape::Image {
+            channels: 3,
+            height: 4,
+            width: 4,
+        };
         Arc::new(Features {
             values: (0..n * 48).map(|v| v as f32).collect(),
             labels: (0..n).map(|i| (i % 10) as u8).collect(),

@@ -69,7 +69,7 @@ impl ImageSet {
     ///
     /// `path` only names the source in errors.
     pub fn extend_from_batch(&mut self, bytes: &[u8], path: &Path) -> Result<(), DataError> {
-        if bytes.len() % RECORD_BYTES != 0 {
+        if !bytes.len().is_multiple_of(RECORD_BYTES) {
             return Err(DataError::BadSize {
                 path: path.to_path_buf(),
                 size: bytes.len() as u64,
@@ -173,8 +173,8 @@ impl Cifar10 {
         };
         let meta_path = dir.join(META_FILE);
         let classes = if meta_path.exists() {
-            let text = std::fs::read_to_string(&meta_path)
-                .map_err(|e| DataError::io(&meta_path, e))?;
+            let text =
+                std::fs::read_to_string(&meta_path).map_err(|e| DataError::io(&meta_path, e))?;
             parse_classes(&text)
         } else {
             default_classes()

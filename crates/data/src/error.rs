@@ -75,7 +75,9 @@ pub enum DataError {
         reason: String,
     },
     /// A download failed.
-    #[error("download of {url} failed: {reason}. Check the network, or download it by hand and pass --data")]
+    #[error(
+        "download of {url} failed: {reason}. Check the network, or download it by hand and pass --data"
+    )]
     Download {
         /// The address.
         url: String,
@@ -83,7 +85,9 @@ pub enum DataError {
         reason: String,
     },
     /// A downloaded file does not have the expected checksum.
-    #[error("{url} downloaded, but its md5 is {actual}, not {expected}: the download is corrupt; try again")]
+    #[error(
+        "{url} downloaded, but its md5 is {actual}, not {expected}: the download is corrupt; try again"
+    )]
     ChecksumMismatch {
         /// The address.
         url: String,

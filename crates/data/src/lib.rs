@@ -39,7 +39,7 @@ pub mod synthetic;
 pub use augment::Augmentation;
 pub use batcher::{CifarBatch, CifarBatcher, EpochOrder, mix_seed};
 pub use cifar::{
-    CLASSES, CHANNELS, Cifar10, HEIGHT, IMAGE_BYTES, ImageSet, RECORD_BYTES, WIDTH, find_data_dir,
+    CHANNELS, CLASSES, Cifar10, HEIGHT, IMAGE_BYTES, ImageSet, RECORD_BYTES, WIDTH, find_data_dir,
 };
 pub use error::DataError;
 pub use features::{FeatureShape, Features};

@@ -20,8 +20,8 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::str::FromStr;
 
-use faer::linalg::matmul::triangular::{BlockStructure, matmul as tri_matmul};
 use faer::linalg::matmul::matmul;
+use faer::linalg::matmul::triangular::{BlockStructure, matmul as tri_matmul};
 use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
 use serde::{Deserialize, Serialize};
 
@@ -94,9 +94,9 @@ impl FromStr for Preprocessing {
         let name = parts.next().unwrap_or_default();
         let args: Vec<&str> = parts.collect();
         let components = |args: &[&str]| -> Result<usize, String> {
-            let k = args
-                .first()
-                .ok_or_else(|| format!("'{name}' needs a number of components, as in {name}:100"))?;
+            let k = args.first().ok_or_else(|| {
+                format!("'{name}' needs a number of components, as in {name}:100")
+            })?;
             match k.parse::<usize>() {
                 Ok(k) if (1..=IMAGE_BYTES).contains(&k) => Ok(k),
                 _ => Err(format!(
@@ -185,8 +185,7 @@ impl Preprocessing {
             Preprocessing::MeanImage => {
                 fitted.mean = pixel_mean(train).iter().map(|&m| m as f32).collect();
             }
-            Preprocessing::Pca { components }
-            | Preprocessing::PcaWhiten { components, .. } => {
+            Preprocessing::Pca { components } | Preprocessing::PcaWhiten { components, .. } => {
                 check_components(components)?;
                 let mean = pixel_mean(train);
                 let (values, vectors) = eigen(train, &mean)?;
@@ -202,7 +201,9 @@ impl Preprocessing {
                         projection[i * components + j] = (vectors[(i, col)] * scale) as f32;
                     }
                 }
-                fitted.eigenvalues = (0..components).map(|j| values[IMAGE_BYTES - 1 - j]).collect();
+                fitted.eigenvalues = (0..components)
+                    .map(|j| values[IMAGE_BYTES - 1 - j])
+                    .collect();
                 fitted.mean = mean.iter().map(|&m| m as f32).collect();
                 fitted.projection = projection;
             }
@@ -315,9 +316,11 @@ fn eigen(set: &ImageSet, mean: &[f64]) -> Result<(Vec<f64>, Mat<f64>), DataError
             cov[(i, j)] /= n;
         }
     }
-    let evd = cov
-        .self_adjoint_eigen(Side::Lower)
-        .map_err(|e| DataError::Numerical(format!("eigendecomposition of the covariance failed: {e:?}")))?;
+    let evd = cov.self_adjoint_eigen(Side::Lower).map_err(|e| {
+        DataError::Numerical(format!(
+            "eigendecomposition of the covariance failed: {e:?}"
+        ))
+    })?;
     let values = evd.S().column_vector().iter().copied().collect();
     Ok((values, evd.U().to_owned()))
 }
@@ -344,7 +347,11 @@ impl FittedPreprocessing {
 
     /// Transforms raw pixels (`[N, 3, 32, 32]` bytes, `N >= 0`) into `N * output_shape().size()` values.
     pub fn transform_pixels(&self, pixels: &[u8]) -> Vec<f32> {
-        assert_eq!(pixels.len() % IMAGE_BYTES, 0, "pixels must hold whole images");
+        assert_eq!(
+            pixels.len() % IMAGE_BYTES,
+            0,
+            "pixels must hold whole images"
+        );
         let n = pixels.len() / IMAGE_BYTES;
         let mut scaled: Vec<f32> = pixels.iter().map(|&p| p as f32 / 255.0).collect();
         match self.method {
@@ -365,7 +372,9 @@ impl FittedPreprocessing {
                 }
                 scaled
             }
-            Preprocessing::Pca { .. } | Preprocessing::PcaWhiten { .. } | Preprocessing::Zca { .. } => {
+            Preprocessing::Pca { .. }
+            | Preprocessing::PcaWhiten { .. }
+            | Preprocessing::Zca { .. } => {
                 for image in scaled.chunks_exact_mut(IMAGE_BYTES) {
                     image.iter_mut().zip(&self.mean).for_each(|(v, m)| *v -= m);
                 }
@@ -425,14 +434,16 @@ impl FittedPreprocessing {
             return Err(corrupt("bad header"));
         }
         let len = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")) as usize;
-        let json = bytes.get(16..16 + len).ok_or_else(|| corrupt("truncated"))?;
+        let json = bytes
+            .get(16..16 + len)
+            .ok_or_else(|| corrupt("truncated"))?;
         let mut fitted: FittedPreprocessing =
             serde_json::from_slice(json).map_err(|e| corrupt(&e.to_string()))?;
         let rest = &bytes[16 + len..];
         let expected = match fitted.method {
-            Preprocessing::Pca { .. } | Preprocessing::PcaWhiten { .. } | Preprocessing::Zca { .. } => {
-                IMAGE_BYTES * fitted.output_shape().size()
-            }
+            Preprocessing::Pca { .. }
+            | Preprocessing::PcaWhiten { .. }
+            | Preprocessing::Zca { .. } => IMAGE_BYTES * fitted.output_shape().size(),
             _ => 0,
         };
         if rest.len() != 4 * expected {
@@ -477,7 +488,9 @@ mod tests {
         let n = f.len() as f64;
         let mut mean = vec![0.0; d];
         for x in f.values.chunks_exact(d) {
-            mean.iter_mut().zip(x).for_each(|(m, &v)| *m += v as f64 / n);
+            mean.iter_mut()
+                .zip(x)
+                .for_each(|(m, &v)| *m += v as f64 / n);
         }
         let mut var = vec![0.0; d];
         for x in f.values.chunks_exact(d) {
@@ -499,22 +512,53 @@ mod tests {
     fn mean_std(v: &[f64]) -> (f64, f64) {
         let n = v.len() as f64;
         let m = v.iter().sum::<f64>() / n;
-        (m, (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n).sqrt())
+        (
+            m,
+            (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n).sqrt(),
+        )
     }
 
     #[test]
     fn parses_every_method() {
         assert_eq!("none".parse(), Ok(Preprocessing::None));
-        assert_eq!("pca:100".parse(), Ok(Preprocessing::Pca { components: 100 }));
+        assert_eq!(
+            "pca:100".parse(),
+            Ok(Preprocessing::Pca { components: 100 })
+        );
         assert_eq!(
             "pca-whiten:10:0.1".parse(),
-            Ok(Preprocessing::PcaWhiten { components: 10, epsilon: 0.1 })
+            Ok(Preprocessing::PcaWhiten {
+                components: 10,
+                epsilon: 0.1
+            })
         );
-        assert_eq!("zca".parse(), Ok(Preprocessing::Zca { epsilon: DEFAULT_EPSILON }));
-        assert!("pca".parse::<Preprocessing>().unwrap_err().contains("pca:100"));
+        assert_eq!(
+            "zca".parse(),
+            Ok(Preprocessing::Zca {
+                epsilon: DEFAULT_EPSILON
+            })
+        );
+        assert!(
+            "pca"
+                .parse::<Preprocessing>()
+                .unwrap_err()
+                .contains("pca:100")
+        );
         assert!("pca:0".parse::<Preprocessing>().is_err());
-        assert!("whiten".parse::<Preprocessing>().unwrap_err().contains("unknown preprocessing"));
-        for m in ["mean-image", "channel-mean", "standardize", "pca:7", "pca-whiten:3:0.5", "zca:0.01"] {
+        assert!(
+            "whiten"
+                .parse::<Preprocessing>()
+                .unwrap_err()
+                .contains("unknown preprocessing")
+        );
+        for m in [
+            "mean-image",
+            "channel-mean",
+            "standardize",
+            "pca:7",
+            "pca-whiten:3:0.5",
+            "zca:0.01",
+        ] {
             let p: Preprocessing = m.parse().unwrap();
             assert_eq!(p.to_string().parse::<Preprocessing>(), Ok(p));
         }
@@ -525,14 +569,24 @@ mod tests {
         let set = synthetic(200, 1);
         let f = Preprocessing::MeanImage.fit(&set).unwrap().transform(&set);
         let (mean, _) = column_stats(&f);
-        assert!(mean.iter().all(|m| m.abs() < 1e-6), "max {:?}", mean.iter().cloned().fold(0.0f64, |a, b| a.max(b.abs())));
+        assert!(
+            mean.iter().all(|m| m.abs() < 1e-6),
+            "max {:?}",
+            mean.iter().cloned().fold(0.0f64, |a, b| a.max(b.abs()))
+        );
     }
 
     #[test]
     fn channel_mean_and_standardize() {
         let set = synthetic(200, 2);
-        let centered = Preprocessing::ChannelMean.fit(&set).unwrap().transform(&set);
-        let standard = Preprocessing::Standardize.fit(&set).unwrap().transform(&set);
+        let centered = Preprocessing::ChannelMean
+            .fit(&set)
+            .unwrap()
+            .transform(&set);
+        let standard = Preprocessing::Standardize
+            .fit(&set)
+            .unwrap()
+            .transform(&set);
         for c in 0..3 {
             let (m, _) = mean_std(&channel_of(&centered, c));
             assert!(m.abs() < 1e-6, "channel {c} mean {m}");
@@ -548,7 +602,10 @@ mod tests {
         let other = synthetic(100, 4);
         let fitted = Preprocessing::MeanImage.fit(&train).unwrap();
         assert_eq!(fitted, Preprocessing::MeanImage.fit(&train).unwrap());
-        assert_ne!(fitted.mean, Preprocessing::MeanImage.fit(&other).unwrap().mean);
+        assert_ne!(
+            fitted.mean,
+            Preprocessing::MeanImage.fit(&other).unwrap().mean
+        );
         assert_eq!(fitted.fitted_on, 100);
         // Transforming another split uses the training mean, so that split is not centered.
         let (mean, _) = column_stats(&fitted.transform(&other));
@@ -559,7 +616,12 @@ mod tests {
     fn pca_whitening_gives_identity_covariance() {
         let set = synthetic(400, 5);
         let k = 20;
-        let fitted = Preprocessing::PcaWhiten { components: k, epsilon: 1e-12 }.fit(&set).unwrap();
+        let fitted = Preprocessing::PcaWhiten {
+            components: k,
+            epsilon: 1e-12,
+        }
+        .fit(&set)
+        .unwrap();
         let f = fitted.transform(&set);
         assert_eq!(f.shape, FeatureShape::Flat(k));
         let n = f.len() as f64;
@@ -607,7 +669,10 @@ mod tests {
     fn save_and_load_round_trip() {
         let set = synthetic(50, 8);
         let dir = tempfile::tempdir().unwrap();
-        for method in [Preprocessing::Standardize, Preprocessing::Pca { components: 4 }] {
+        for method in [
+            Preprocessing::Standardize,
+            Preprocessing::Pca { components: 4 },
+        ] {
             let fitted = method.fit(&set).unwrap();
             let path = dir.path().join("pre.bin");
             fitted.save(&path).unwrap();

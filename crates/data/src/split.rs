@@ -59,9 +59,9 @@ impl SplitConfig {
         let total = data.train.len();
         if self.val_size >= total {
             return Err(DataError::invalid(
-                "validation size",
+                "validation size (--val-size)",
                 format!(
-                    "{} images held out leaves none of the {total} for training; use a smaller --val-size",
+                    "{} images held out leaves none of the {total} for training; hold out fewer",
                     self.val_size
                 ),
             ));
@@ -70,7 +70,7 @@ impl SplitConfig {
         let train_size = self.train_size.unwrap_or(available);
         if train_size == 0 || train_size > available {
             return Err(DataError::invalid(
-                "training size",
+                "training size (--train-size)",
                 format!(
                     "{train_size} asked, but {available} images remain after holding out {} for validation",
                     self.val_size
@@ -100,7 +100,9 @@ mod tests {
 
     fn data(n: usize) -> Cifar10 {
         let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
-        let pixels = (0..n * crate::IMAGE_BYTES).map(|i| (i / crate::IMAGE_BYTES) as u8).collect();
+        let pixels = (0..n * crate::IMAGE_BYTES)
+            .map(|i| (i / crate::IMAGE_BYTES) as u8)
+            .collect();
         Cifar10 {
             train: ImageSet::new(pixels, labels),
             test: None,
@@ -110,7 +112,10 @@ mod tests {
 
     #[test]
     fn holds_out_the_last_images() {
-        let s = SplitConfig::new().with_val_size(10).split(&data(50)).unwrap();
+        let s = SplitConfig::new()
+            .with_val_size(10)
+            .split(&data(50))
+            .unwrap();
         assert_eq!(s.train.len(), 40);
         assert_eq!(s.val.len(), 10);
         assert_eq!(s.val.image(0)[0], 40);
@@ -130,7 +135,10 @@ mod tests {
 
     #[test]
     fn rejects_impossible_sizes() {
-        let err = SplitConfig::new().with_val_size(50).split(&data(50)).unwrap_err();
+        let err = SplitConfig::new()
+            .with_val_size(50)
+            .split(&data(50))
+            .unwrap_err();
         assert!(err.to_string().contains("--val-size"), "{err}");
         let err = SplitConfig::new()
             .with_val_size(10)

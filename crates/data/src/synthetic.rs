@@ -24,11 +24,12 @@ pub fn images(n: usize, seed: u64) -> ImageSet {
             let base = 40.0 + 18.0 * ((l + 3.0 * c as f32) % 10.0);
             for y in 0..32 {
                 for x in 0..32 {
-                    let stripe = if (x + y * (label as usize % 3)) % (2 + label as usize % 4) == 0 {
-                        30.0
-                    } else {
-                        0.0
-                    };
+                    let stripe =
+                        if (x + y * (label as usize % 3)).is_multiple_of(2 + label as usize % 4) {
+                            30.0
+                        } else {
+                            0.0
+                        };
                     let noise: f32 = rng.random_range(-25.0..25.0);
                     pixels.push((base + stripe + noise).clamp(0.0, 255.0) as u8);
                 }
@@ -72,11 +73,19 @@ pub fn write_folder(
 
 /// Writes the folder of [`write_folder`] as a `cifar-10-binary.tar.gz` archive
 /// (entries under `cifar-10-batches-bin/`, as in the official one).
-pub fn write_archive(path: &Path, per_batch: usize, test: usize, seed: u64) -> std::io::Result<ImageSet> {
+pub fn write_archive(
+    path: &Path,
+    per_batch: usize,
+    test: usize,
+    seed: u64,
+) -> std::io::Result<ImageSet> {
     let dir = tempdir_near(path)?;
     let all = write_folder(&dir, per_batch, test, seed)?;
     let file = std::fs::File::create(path)?;
-    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(file, flate2::Compression::fast()));
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        file,
+        flate2::Compression::fast(),
+    ));
     let mut names: Vec<&str> = TRAIN_FILES.to_vec();
     names.push(META_FILE);
     if test > 0 {

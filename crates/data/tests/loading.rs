@@ -71,7 +71,10 @@ fn bad_label_names_file_and_record() {
     bytes[2 * 3073] = 42;
     std::fs::write(&path, bytes).unwrap();
     let msg = Cifar10::load(dir.path()).unwrap_err().to_string();
-    assert!(msg.contains("data_batch_2.bin record 2 has label 42"), "{msg}");
+    assert!(
+        msg.contains("data_batch_2.bin record 2 has label 42"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -101,7 +104,10 @@ fn archive_is_read_directly() {
     let msg = archive::load_archive(dir.path().join("junk.tar.gz"))
         .unwrap_err()
         .to_string();
-    assert!(msg.contains("junk.tar.gz is not a readable CIFAR-10 archive"), "{msg}");
+    assert!(
+        msg.contains("junk.tar.gz is not a readable CIFAR-10 archive"),
+        "{msg}"
+    );
 }
 
 /// Serves `body` once per connection on 127.0.0.1, for `connections` connections.
@@ -161,7 +167,11 @@ fn download_with_wrong_checksum_leaves_no_file() {
 #[test]
 fn download_network_failure_is_clear() {
     // Bind then drop a listener: nothing answers on that port.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let url = format!("http://127.0.0.1:{port}/x.tar.gz");
     let cache = tempfile::tempdir().unwrap();
     let msg = archive::download(cache.path(), &url, archive::MD5)

@@ -22,7 +22,11 @@ fn real_training_set_has_known_counts_and_statistics() {
     let means = [0.4914, 0.4822, 0.4465];
     let stds = [0.2470, 0.2435, 0.2616];
     for c in 0..3 {
-        assert!((fitted.mean[c] as f64 - means[c]).abs() < 1e-3, "mean {c}: {}", fitted.mean[c]);
+        assert!(
+            (fitted.mean[c] as f64 - means[c]).abs() < 1e-3,
+            "mean {c}: {}",
+            fitted.mean[c]
+        );
         let std = 1.0 / fitted.scale[c] as f64;
         assert!((std - stds[c]).abs() < 1e-3, "std {c}: {std}");
     }

@@ -2,8 +2,10 @@
 
 use std::str::FromStr;
 
-use burn::nn::{Elu, EluConfig, Gelu, LeakyRelu, LeakyReluConfig, PRelu, PReluConfig, Relu, Sigmoid, Tanh};
 use burn::nn::activation::SiLU;
+use burn::nn::{
+    Elu, EluConfig, Gelu, LeakyRelu, LeakyReluConfig, PRelu, PReluConfig, Relu, Sigmoid, Tanh,
+};
 use burn::prelude::*;
 
 /// Which activation a layer uses. Parse one from text with [`FromStr`]:
@@ -140,8 +142,7 @@ impl std::fmt::Display for ActivationConfig {
             ActivationConfig::Relu => write!(f, "relu"),
             ActivationConfig::LeakyRelu { slope } => write!(f, "leaky-relu:{slope}"),
             ActivationConfig::PRelu {
-                per_channel: true,
-                ..
+                per_channel: true, ..
             } => write!(f, "prelu"),
             ActivationConfig::PRelu { .. } => write!(f, "prelu-shared"),
             ActivationConfig::Elu { alpha } => write!(f, "elu:{alpha}"),
@@ -185,8 +186,12 @@ impl FromStr for ActivationConfig {
                 per_channel: false,
                 initial: 0.25,
             }),
-            "leaky-relu" => Ok(ActivationConfig::LeakyRelu { slope: number(0.01)? }),
-            "elu" => Ok(ActivationConfig::Elu { alpha: number(1.0)? }),
+            "leaky-relu" => Ok(ActivationConfig::LeakyRelu {
+                slope: number(0.01)?,
+            }),
+            "elu" => Ok(ActivationConfig::Elu {
+                alpha: number(1.0)?,
+            }),
             "maxout" => {
                 let pieces = match arg {
                     None => 2,
@@ -227,7 +232,7 @@ impl Maxout {
         let dims = input.dims();
         let k = self.pieces;
         assert!(
-            dims[1] % k == 0,
+            dims[1].is_multiple_of(k),
             "Maxout with {k} pieces needs a multiple of {k} units, got {}",
             dims[1]
         );
@@ -298,32 +303,80 @@ mod tests {
     #[test]
     fn values_at_chosen_points() {
         let xs = [-2.0, -0.5, 0.0, 1.5];
-        close(&apply(ActivationConfig::Sigmoid, &xs), &[0.119_202_92, 0.377_540_67, 0.5, 0.817_574_5]);
-        close(&apply(ActivationConfig::Tanh, &xs), &[-0.964_027_6, -0.462_117_16, 0.0, 0.905_148_25]);
+        close(
+            &apply(ActivationConfig::Sigmoid, &xs),
+            &[0.119_202_92, 0.377_540_67, 0.5, 0.817_574_5],
+        );
+        close(
+            &apply(ActivationConfig::Tanh, &xs),
+            &[-0.964_027_6, -0.462_117_16, 0.0, 0.905_148_25],
+        );
         close(&apply(ActivationConfig::Relu, &xs), &[0.0, 0.0, 0.0, 1.5]);
-        close(&apply(ActivationConfig::leaky_relu(), &xs), &[-0.02, -0.005, 0.0, 1.5]);
-        close(&apply(ActivationConfig::prelu(), &xs), &[-0.5, -0.125, 0.0, 1.5]);
-        close(&apply(ActivationConfig::elu(), &xs), &[-0.864_664_7, -0.393_469_34, 0.0, 1.5]);
+        close(
+            &apply(ActivationConfig::leaky_relu(), &xs),
+            &[-0.02, -0.005, 0.0, 1.5],
+        );
+        close(
+            &apply(ActivationConfig::prelu(), &xs),
+            &[-0.5, -0.125, 0.0, 1.5],
+        );
+        close(
+            &apply(ActivationConfig::elu(), &xs),
+            &[-0.864_664_7, -0.393_469_34, 0.0, 1.5],
+        );
         // GELU(x) = x * Phi(x); SiLU(x) = x * sigmoid(x).
-        close(&apply(ActivationConfig::Gelu, &xs), &[-0.045_500_26, -0.154_268_56, 0.0, 1.399_795_1]);
-        close(&apply(ActivationConfig::Silu, &xs), &[-0.238_405_84, -0.188_770_33, 0.0, 1.226_361_8]);
+        close(
+            &apply(ActivationConfig::Gelu, &xs),
+            &[-0.045_500_26, -0.154_268_56, 0.0, 1.399_795],
+        );
+        close(
+            &apply(ActivationConfig::Silu, &xs),
+            &[-0.238_405_84, -0.188_770_33, 0.0, 1.226_361_8],
+        );
     }
 
     #[test]
     fn maxout_is_the_max_of_its_pieces() {
         // Two units of three pieces each.
-        let ys = apply(ActivationConfig::Maxout { pieces: 3 }, &[1.0, -4.0, 2.5, -1.0, -3.0, -0.5]);
+        let ys = apply(
+            ActivationConfig::Maxout { pieces: 3 },
+            &[1.0, -4.0, 2.5, -1.0, -3.0, -0.5],
+        );
         close(&ys, &[2.5, -0.5]);
     }
 
     #[test]
     fn parses_and_prints() {
-        for s in ["sigmoid", "tanh", "relu", "leaky-relu:0.1", "prelu", "prelu-shared", "elu:0.5", "maxout:3", "gelu", "silu"] {
+        for s in [
+            "sigmoid",
+            "tanh",
+            "relu",
+            "leaky-relu:0.1",
+            "prelu",
+            "prelu-shared",
+            "elu:0.5",
+            "maxout:3",
+            "gelu",
+            "silu",
+        ] {
             let config: ActivationConfig = s.parse().unwrap();
             assert_eq!(config.to_string(), s);
         }
-        assert_eq!("leaky-relu".parse(), Ok(ActivationConfig::LeakyRelu { slope: 0.01 }));
-        assert!("maxout:1".parse::<ActivationConfig>().unwrap_err().contains("2 or more"));
-        assert!("swish".parse::<ActivationConfig>().unwrap_err().contains("unknown activation"));
+        assert_eq!(
+            "leaky-relu".parse(),
+            Ok(ActivationConfig::LeakyRelu { slope: 0.01 })
+        );
+        assert!(
+            "maxout:1"
+                .parse::<ActivationConfig>()
+                .unwrap_err()
+                .contains("2 or more")
+        );
+        assert!(
+            "swish"
+                .parse::<ActivationConfig>()
+                .unwrap_err()
+                .contains("unknown activation")
+        );
     }
 }

@@ -100,7 +100,12 @@ impl CnnConfig {
     /// stage, a 2x2 max pool after each, global average pool, affine. The
     /// default `cnn` preset is `[32, 64, 128]`, a quarter of the VGG's compute.
     pub fn vgg_with_widths(widths: [usize; 3]) -> Self {
-        Self::new(widths.iter().map(|&w| StageConfig::new(vec![w, w])).collect())
+        Self::new(
+            widths
+                .iter()
+                .map(|&w| StageConfig::new(vec![w, w]))
+                .collect(),
+        )
     }
 
     /// A ResNet-9-style net for high accuracy (after Page's DAWNBench
@@ -120,16 +125,35 @@ impl CnnConfig {
     /// Builds the network on `device` (build it on an autodiff device to train it).
     pub fn init(&self, device: &Device) -> Cnn {
         assert!(!self.stages.is_empty(), "a CNN needs at least one stage");
-        assert!(self.kernel_size % 2 == 1, "kernel_size must be odd, got {}", self.kernel_size);
-        assert!((0.0..1.0).contains(&self.dropout), "dropout must be in [0, 1), got {}", self.dropout);
+        assert!(
+            self.kernel_size % 2 == 1,
+            "kernel_size must be odd, got {}",
+            self.kernel_size
+        );
+        assert!(
+            (0.0..1.0).contains(&self.dropout),
+            "dropout must be in [0, 1), got {}",
+            self.dropout
+        );
         let block = |cin, cout| {
-            ConvBlock::new(cin, cout, self.kernel_size, &self.activation, &self.init, self.batch_norm, device)
+            ConvBlock::new(
+                cin,
+                cout,
+                self.kernel_size,
+                &self.activation,
+                &self.init,
+                self.batch_norm,
+                device,
+            )
         };
         let mut channels = self.in_channels;
         let mut size = self.image_size;
         let mut stages = Vec::with_capacity(self.stages.len());
         for stage in &self.stages {
-            assert!(!stage.widths.is_empty(), "every stage needs at least one convolution");
+            assert!(
+                !stage.widths.is_empty(),
+                "every stage needs at least one convolution"
+            );
             let convs = stage
                 .widths
                 .iter()
@@ -140,7 +164,12 @@ impl CnnConfig {
                 })
                 .collect();
             if stage.pool {
-                assert!(size >= 2, "too many pooling stages for a {}x{} input", self.image_size, self.image_size);
+                assert!(
+                    size >= 2,
+                    "too many pooling stages for a {}x{} input",
+                    self.image_size,
+                    self.image_size
+                );
                 size /= 2;
             }
             let residual = if stage.residual {
@@ -162,7 +191,15 @@ impl CnnConfig {
             .head_hidden
             .iter()
             .map(|&units| {
-                let b = DenseBlock::new(features, units, &self.activation, &self.init, self.batch_norm, 0.0, device);
+                let b = DenseBlock::new(
+                    features,
+                    units,
+                    &self.activation,
+                    &self.init,
+                    self.batch_norm,
+                    0.0,
+                    device,
+                );
                 features = units;
                 b
             })
@@ -230,7 +267,9 @@ impl Cnn {
         let mut x = input;
         for (s, stage) in self.stages.iter().enumerate() {
             for (c, conv) in stage.convs.iter().enumerate() {
-                let obs = observed.as_deref_mut().map(|o| (o, format!("stage{}.conv{}", s + 1, c + 1)));
+                let obs = observed
+                    .as_deref_mut()
+                    .map(|o| (o, format!("stage{}.conv{}", s + 1, c + 1)));
                 x = conv.forward_observed(x, obs);
             }
             if let Some(pool) = &stage.pool {
@@ -239,7 +278,9 @@ impl Cnn {
             if !stage.residual.is_empty() {
                 let mut branch = x.clone();
                 for (r, conv) in stage.residual.iter().enumerate() {
-                    let obs = observed.as_deref_mut().map(|o| (o, format!("stage{}.res{}", s + 1, r + 1)));
+                    let obs = observed
+                        .as_deref_mut()
+                        .map(|o| (o, format!("stage{}.res{}", s + 1, r + 1)));
                     branch = conv.forward_observed(branch, obs);
                 }
                 x = x + branch;
@@ -251,7 +292,9 @@ impl Cnn {
             HeadPooling::Flatten => x.flatten(1, 3),
         };
         for (i, block) in self.hidden.iter().enumerate() {
-            let obs = observed.as_deref_mut().map(|o| (o, format!("head{}", i + 1)));
+            let obs = observed
+                .as_deref_mut()
+                .map(|o| (o, format!("head{}", i + 1)));
             x = block.forward_observed(x, obs);
         }
         if let Some(dropout) = &self.dropout {

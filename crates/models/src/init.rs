@@ -84,7 +84,10 @@ impl Init {
 
     /// A Linear layer `d_input -> d_output` with weights from this scheme and zero bias.
     pub fn linear(&self, d_input: usize, d_output: usize, device: &Device) -> Linear {
-        assert!(d_input > 0 && d_output > 0, "Linear layer sizes must be positive, got {d_input} -> {d_output}");
+        assert!(
+            d_input > 0 && d_output > 0,
+            "Linear layer sizes must be positive, got {d_input} -> {d_output}"
+        );
         let mut layer = LinearConfig::new(d_input, d_output)
             .with_initializer(self.initializer())
             .with_bias(false)
@@ -103,9 +106,17 @@ impl Init {
         bias: bool,
         device: &Device,
     ) -> Conv2d {
-        assert!(kernel % 2 == 1, "kernel size must be odd for same padding, got {kernel}");
+        assert!(
+            kernel % 2 == 1,
+            "kernel size must be odd for same padding, got {kernel}"
+        );
         let mut layer = Conv2dConfig::new([in_channels, out_channels], [kernel, kernel])
-            .with_padding(PaddingConfig2d::Explicit(kernel / 2, kernel / 2, kernel / 2, kernel / 2))
+            .with_padding(PaddingConfig2d::Explicit(
+                kernel / 2,
+                kernel / 2,
+                kernel / 2,
+                kernel / 2,
+            ))
             .with_initializer(self.initializer())
             .with_bias(false)
             .init(device);
@@ -120,8 +131,8 @@ impl std::fmt::Display for Init {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match *self {
             Init::Zeros => write!(f, "zeros"),
-            Init::Gaussian { std } if std == 0.01 => write!(f, "small"),
-            Init::Gaussian { std } if std == 1.0 => write!(f, "large"),
+            Init::SMALL => write!(f, "small"),
+            Init::LARGE => write!(f, "large"),
             Init::Gaussian { std } => write!(f, "gaussian:{std}"),
             Init::Xavier => write!(f, "xavier"),
             Init::He => write!(f, "he"),
@@ -151,7 +162,9 @@ impl FromStr for Init {
                         .parse::<f64>()
                         .ok()
                         .filter(|v| v.is_finite() && *v >= 0.0)
-                        .ok_or_else(|| format!("'{std}' is not a non-negative standard deviation"))?,
+                        .ok_or_else(|| {
+                            format!("'{std}' is not a non-negative standard deviation")
+                        })?,
                 },
                 None => {
                     return Err(format!(
@@ -178,11 +191,21 @@ mod tests {
     #[test]
     fn measured_std_matches_formula() {
         let device = Device::flex();
-        for init in [Init::SMALL, Init::LARGE, Init::Xavier, Init::He, Init::GlorotUniform, Init::KaimingUniform] {
+        for init in [
+            Init::SMALL,
+            Init::LARGE,
+            Init::Xavier,
+            Init::He,
+            Init::GlorotUniform,
+            Init::KaimingUniform,
+        ] {
             let layer = init.linear(500, 500, &device);
             let std = measured_std(layer.weight.val());
             let expected = init.std(500, 500);
-            assert!((std / expected - 1.0).abs() < 0.05, "{init}: {std} vs {expected}");
+            assert!(
+                (std / expected - 1.0).abs() < 0.05,
+                "{init}: {std} vs {expected}"
+            );
             let bias = layer.bias.unwrap().val().abs().max().into_scalar::<f32>();
             assert_eq!(bias, 0.0, "{init}: bias not zero");
         }
@@ -198,8 +221,16 @@ mod tests {
         // computes the same output, whatever the input.
         let device = Device::flex();
         let layer = Init::Zeros.linear(20, 8, &device);
-        let x = Tensor::<2>::random([4, 20], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-        let y = layer.forward(x).into_data().try_into_vec_as::<f32>().unwrap();
+        let x = Tensor::<2>::random(
+            [4, 20],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let y = layer
+            .forward(x)
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .unwrap();
         for row in y.chunks(8) {
             assert!(row.iter().all(|&v| v == row[0]));
         }
@@ -207,10 +238,24 @@ mod tests {
 
     #[test]
     fn parses_and_prints() {
-        for s in ["zeros", "small", "large", "gaussian:0.05", "xavier", "he", "glorot-uniform", "kaiming-uniform"] {
+        for s in [
+            "zeros",
+            "small",
+            "large",
+            "gaussian:0.05",
+            "xavier",
+            "he",
+            "glorot-uniform",
+            "kaiming-uniform",
+        ] {
             assert_eq!(s.parse::<Init>().unwrap().to_string(), s);
         }
         assert!("gaussian:-1".parse::<Init>().is_err());
-        assert!("orthogonal".parse::<Init>().unwrap_err().contains("unknown init"));
+        assert!(
+            "orthogonal"
+                .parse::<Init>()
+                .unwrap_err()
+                .contains("unknown init")
+        );
     }
 }

@@ -31,7 +31,10 @@ impl DenseBlock {
         dropout: f64,
         device: &Device,
     ) -> Self {
-        assert!((0.0..1.0).contains(&dropout), "dropout must be in [0, 1), got {dropout}");
+        assert!(
+            (0.0..1.0).contains(&dropout),
+            "dropout must be in [0, 1), got {dropout}"
+        );
         let width = units * activation.width_multiplier();
         Self {
             linear: init.linear(inputs, width, device),
@@ -51,7 +54,11 @@ impl DenseBlock {
 
     /// As [`forward`](Self::forward), pushing the pre-activation (after batch
     /// norm) and post-activation values to `observed` when given.
-    pub fn forward_observed(&self, input: Tensor<2>, observed: Option<(&mut Vec<LayerActivations>, String)>) -> Tensor<2> {
+    pub fn forward_observed(
+        &self,
+        input: Tensor<2>,
+        observed: Option<(&mut Vec<LayerActivations>, String)>,
+    ) -> Tensor<2> {
         let mut x = self.linear.forward(input);
         if let Some(norm) = &self.norm {
             x = norm.forward(x);
@@ -108,7 +115,11 @@ impl ConvBlock {
 
     /// As [`forward`](Self::forward), pushing the pre- and post-activation
     /// values to `observed` when given.
-    pub fn forward_observed(&self, input: Tensor<4>, observed: Option<(&mut Vec<LayerActivations>, String)>) -> Tensor<4> {
+    pub fn forward_observed(
+        &self,
+        input: Tensor<4>,
+        observed: Option<(&mut Vec<LayerActivations>, String)>,
+    ) -> Tensor<4> {
         let mut x = self.conv.forward(input);
         if let Some(norm) = &self.norm {
             x = norm.forward(x);
@@ -116,7 +127,11 @@ impl ConvBlock {
         let pre = observed.is_some().then(|| x.clone());
         let y = self.activation.forward(x);
         if let (Some((out, name)), Some(pre)) = (observed, pre) {
-            out.push(LayerActivations::new(name, pre.flatten(1, 3), y.clone().flatten(1, 3)));
+            out.push(LayerActivations::new(
+                name,
+                pre.flatten(1, 3),
+                y.clone().flatten(1, 3),
+            ));
         }
         y
     }

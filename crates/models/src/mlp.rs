@@ -55,7 +55,15 @@ impl MlpConfig {
             .hidden_sizes
             .iter()
             .map(|&units| {
-                let block = DenseBlock::new(inputs, units, &self.activation, &self.init, self.batch_norm, self.dropout, device);
+                let block = DenseBlock::new(
+                    inputs,
+                    units,
+                    &self.activation,
+                    &self.init,
+                    self.batch_norm,
+                    self.dropout,
+                    device,
+                );
                 inputs = units;
                 block
             })
@@ -80,17 +88,26 @@ impl Mlp {
 
     /// As [`forward`](Self::forward), also returning every hidden layer's
     /// values (named `hidden1`, `hidden2`, ...).
-    pub fn forward_observed<const D: usize>(&self, input: Tensor<D>) -> (Tensor<2>, Vec<LayerActivations>) {
+    pub fn forward_observed<const D: usize>(
+        &self,
+        input: Tensor<D>,
+    ) -> (Tensor<2>, Vec<LayerActivations>) {
         let mut observed = Vec::with_capacity(self.hidden.len());
         let logits = self.run(input, Some(&mut observed));
         (logits, observed)
     }
 
-    fn run<const D: usize>(&self, input: Tensor<D>, mut observed: Option<&mut Vec<LayerActivations>>) -> Tensor<2> {
+    fn run<const D: usize>(
+        &self,
+        input: Tensor<D>,
+        mut observed: Option<&mut Vec<LayerActivations>>,
+    ) -> Tensor<2> {
         let dims = input.dims();
         let mut x: Tensor<2> = input.reshape([dims[0], dims[1..].iter().product()]);
         for (i, block) in self.hidden.iter().enumerate() {
-            let obs = observed.as_deref_mut().map(|o| (o, format!("hidden{}", i + 1)));
+            let obs = observed
+                .as_deref_mut()
+                .map(|o| (o, format!("hidden{}", i + 1)));
             x = block.forward_observed(x, obs);
         }
         self.output.forward(x)

@@ -26,7 +26,15 @@ impl ModelConfig {
     }
 
     /// The names accepted by [`preset`](Self::preset).
-    pub const PRESETS: [&'static str; 7] = ["mlp", "two-layer", "three-layer", "small-cnn", "cnn", "vgg", "resnet9"];
+    pub const PRESETS: [&'static str; 7] = [
+        "mlp",
+        "two-layer",
+        "three-layer",
+        "small-cnn",
+        "cnn",
+        "vgg",
+        "resnet9",
+    ];
 
     /// A named preset: `mlp` or `two-layer` (3072-100-10 ReLU), `three-layer`
     /// (CS231n's convnet), `small-cnn`, `cnn` (a narrow VGG-style net with

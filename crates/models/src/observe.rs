@@ -47,7 +47,11 @@ impl Histogram {
         let width = (max - min).max(f64::MIN_POSITIVE);
         for &v in values {
             let b = (((v as f64 - min) / width) * bins as f64).floor();
-            let b = if b.is_nan() { 0 } else { (b.max(0.0) as usize).min(bins - 1) };
+            let b = if b.is_nan() {
+                0
+            } else {
+                (b.max(0.0) as usize).min(bins - 1)
+            };
             counts[b] += 1;
         }
         Self { min, max, counts }
@@ -76,7 +80,11 @@ impl ActivationStats {
     pub fn of(values: &[f32], saturation: Option<(f32, f32)>, bins: usize) -> Self {
         let n = values.len().max(1) as f64;
         let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
-        let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        let var = values
+            .iter()
+            .map(|&v| (v as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
         let zeros = values.iter().filter(|&&v| v == 0.0).count() as f64;
         let saturated = match saturation {
             Some((lo, hi)) => values.iter().filter(|&&v| v < lo || v > hi).count() as f64,
@@ -84,8 +92,14 @@ impl ActivationStats {
         };
         let (min, max) = values
             .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v as f64), b.max(v as f64)));
-        let (min, max) = if values.is_empty() { (0.0, 0.0) } else { (min, max) };
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v as f64), b.max(v as f64))
+            });
+        let (min, max) = if values.is_empty() {
+            (0.0, 0.0)
+        } else {
+            (min, max)
+        };
         Self {
             mean,
             std: var.sqrt(),
@@ -96,10 +110,13 @@ impl ActivationStats {
     }
 
     /// Summarizes a tensor (read back to the host).
-    pub fn of_tensor<const D: usize>(tensor: Tensor<D>, saturation: Option<(f32, f32)>, bins: usize) -> Self {
+    pub fn of_tensor<const D: usize>(
+        tensor: Tensor<D>,
+        saturation: Option<(f32, f32)>,
+        bins: usize,
+    ) -> Self {
         let values = tensor
             .into_data()
-            
             .try_into_vec_as::<f32>()
             .expect("float tensor");
         Self::of(&values, saturation, bins)

@@ -13,7 +13,11 @@ fn layer_stats(activation: ActivationConfig, init: Init) -> Vec<ActivationStats>
         .with_activation(activation)
         .with_init(init)
         .init(&device);
-    let x = Tensor::<2>::random([1000, 500], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let x = Tensor::<2>::random(
+        [1000, 500],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
     let (_, layers) = mlp.forward_observed(x);
     assert_eq!(layers.len(), 10);
     layers
@@ -41,7 +45,11 @@ fn small_weights_shrink_activations_to_zero() {
 fn large_weights_saturate_tanh() {
     let stats = layer_stats(ActivationConfig::Tanh, Init::LARGE);
     for (i, s) in stats.iter().enumerate() {
-        assert!(s.saturated_fraction > 0.85, "layer {i}: {} saturated", s.saturated_fraction);
+        assert!(
+            s.saturated_fraction > 0.85,
+            "layer {i}: {} saturated",
+            s.saturated_fraction
+        );
         assert!(s.std > 0.9, "layer {i}: std {}", s.std);
     }
 }
@@ -49,7 +57,9 @@ fn large_weights_saturate_tanh() {
 #[test]
 fn xavier_keeps_tanh_in_range() {
     let s = stds(&layer_stats(ActivationConfig::Tanh, Init::Xavier));
-    let (lo, hi) = s.iter().fold((f64::MAX, 0f64), |(a, b), &v| (a.min(v), b.max(v)));
+    let (lo, hi) = s
+        .iter()
+        .fold((f64::MAX, 0f64), |(a, b), &v| (a.min(v), b.max(v)));
     assert!(lo > 0.1 && hi < 1.0, "{s:?}");
     assert!(hi / lo < 10.0, "{s:?}");
 }
@@ -57,7 +67,9 @@ fn xavier_keeps_tanh_in_range() {
 #[test]
 fn he_keeps_relu_stable_where_xavier_halves_it() {
     let he = stds(&layer_stats(ActivationConfig::Relu, Init::He));
-    let (lo, hi) = he.iter().fold((f64::MAX, 0f64), |(a, b), &v| (a.min(v), b.max(v)));
+    let (lo, hi) = he
+        .iter()
+        .fold((f64::MAX, 0f64), |(a, b), &v| (a.min(v), b.max(v)));
     assert!(hi / lo < 2.0, "He: {he:?}");
 
     let xavier = stds(&layer_stats(ActivationConfig::Relu, Init::Xavier));

@@ -14,7 +14,9 @@ fn inputs(n: usize, d: usize, seed: u64) -> Vec<f32> {
     let mut state = seed;
     (0..n * d)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let u = ((state >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0;
             u.signum() * (0.1 + 1.4 * u.abs())
         })
@@ -36,7 +38,12 @@ fn gradient_check(f: &dyn Fn(Tensor<2>) -> Tensor<2>, n: usize, d: usize, out: u
     };
     let (l, x) = loss(x0.clone(), true);
     let grads = l.backward();
-    let analytic = x.grad(&grads).unwrap().into_data().try_into_vec_as::<f32>().unwrap();
+    let analytic = x
+        .grad(&grads)
+        .unwrap()
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap();
     let h = 1e-2f32;
     let mut num = vec![0f64; x0.len()];
     for i in 0..x0.len() {
@@ -48,8 +55,17 @@ fn gradient_check(f: &dyn Fn(Tensor<2>) -> Tensor<2>, n: usize, d: usize, out: u
         let lm = loss(minus, false).0.into_scalar::<f32>() as f64;
         num[i] = (lp - lm) / (2.0 * h as f64);
     }
-    let diff: f64 = analytic.iter().zip(&num).map(|(a, b)| (*a as f64 - b).powi(2)).sum::<f64>().sqrt();
-    let na = analytic.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+    let diff: f64 = analytic
+        .iter()
+        .zip(&num)
+        .map(|(a, b)| (*a as f64 - b).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let na = analytic
+        .iter()
+        .map(|a| (*a as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
     let nn = num.iter().map(|a| a.powi(2)).sum::<f64>().sqrt();
     diff / na.max(nn)
 }
@@ -80,31 +96,78 @@ fn batch_norm_normalizes_in_training_and_uses_running_stats_in_eval() {
     let bn = BatchNormConfig::new(3).init(&device);
     let x = Tensor::<2>::random([64, 3], Distribution::Normal(5.0, 3.0), &device);
     let y = bn.forward(x.clone());
-    let mean = y.clone().mean_dim(0).into_data().try_into_vec_as::<f32>().unwrap();
+    let mean = y
+        .clone()
+        .mean_dim(0)
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap();
     let var = y.var_bias(0).into_data().try_into_vec_as::<f32>().unwrap();
     for c in 0..3 {
         assert!(mean[c].abs() < 1e-4, "mean {c}: {}", mean[c]);
-        assert!((var[c].sqrt() - 1.0).abs() < 1e-3, "std {c}: {}", var[c].sqrt());
+        assert!(
+            (var[c].sqrt() - 1.0).abs() < 1e-3,
+            "std {c}: {}",
+            var[c].sqrt()
+        );
     }
     // One training step moved the running statistics from (0, 1) by momentum 0.1
     // towards the batch's mean and (population) variance.
-    let batch_mean = x.clone().mean_dim(0).into_data().try_into_vec_as::<f32>().unwrap();
-    let batch_var = x.clone().var_bias(0).into_data().try_into_vec_as::<f32>().unwrap();
-    let running_mean = bn.running_mean.value_sync().into_data().try_into_vec_as::<f32>().unwrap();
-    let running_var = bn.running_var.value_sync().into_data().try_into_vec_as::<f32>().unwrap();
+    let batch_mean = x
+        .clone()
+        .mean_dim(0)
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap();
+    let batch_var = x
+        .clone()
+        .var_bias(0)
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap();
+    let running_mean = bn
+        .running_mean
+        .value_sync()
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap();
+    let running_var = bn
+        .running_var
+        .value_sync()
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap();
     for c in 0..3 {
-        assert!((running_mean[c] - 0.1 * batch_mean[c]).abs() < 1e-4, "running mean {c}: {} vs {}", running_mean[c], 0.1 * batch_mean[c]);
-        assert!((running_var[c] - (0.9 + 0.1 * batch_var[c])).abs() < 1e-3, "running var {c}: {} vs {}", running_var[c], 0.9 + 0.1 * batch_var[c]);
+        assert!(
+            (running_mean[c] - 0.1 * batch_mean[c]).abs() < 1e-4,
+            "running mean {c}: {} vs {}",
+            running_mean[c],
+            0.1 * batch_mean[c]
+        );
+        assert!(
+            (running_var[c] - (0.9 + 0.1 * batch_var[c])).abs() < 1e-3,
+            "running var {c}: {} vs {}",
+            running_var[c],
+            0.9 + 0.1 * batch_var[c]
+        );
     }
     // Eval mode normalizes with those running statistics, not the batch's.
     let eval = bn.valid();
     let plain = x.clone().inner();
-    let y = eval.forward(plain.clone()).into_data().try_into_vec_as::<f32>().unwrap();
+    let y = eval
+        .forward(plain.clone())
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap();
     let xs = plain.into_data().try_into_vec_as::<f32>().unwrap();
     for i in [0, 7, 100] {
         let c = i % 3;
         let expected = (xs[i] - running_mean[c]) / (running_var[c] + 1e-5).sqrt();
-        assert!((y[i] - expected).abs() < 1e-4 * expected.abs().max(1.0), "{} vs {expected}", y[i]);
+        assert!(
+            (y[i] - expected).abs() < 1e-4 * expected.abs().max(1.0),
+            "{} vs {expected}",
+            y[i]
+        );
     }
 }
 
@@ -117,7 +180,9 @@ fn prelu_slope_learns() {
         .with_activation(ActivationConfig::prelu())
         .init(&device);
     let before = match &mlp.hidden[0].activation {
-        cifar_models::Activation::PRelu(p) => p.alpha.val().into_data().try_into_vec_as::<f32>().unwrap(),
+        cifar_models::Activation::PRelu(p) => {
+            p.alpha.val().into_data().try_into_vec_as::<f32>().unwrap()
+        }
         _ => unreachable!(),
     };
     assert_eq!(before, vec![0.25; 3]);
@@ -127,17 +192,31 @@ fn prelu_slope_learns() {
     let mut optim = SgdConfig::new().init();
     let mlp = optim.step(0.5, mlp, grads);
     let after = match &mlp.hidden[0].activation {
-        cifar_models::Activation::PRelu(p) => p.alpha.val().into_data().try_into_vec_as::<f32>().unwrap(),
+        cifar_models::Activation::PRelu(p) => {
+            p.alpha.val().into_data().try_into_vec_as::<f32>().unwrap()
+        }
         _ => unreachable!(),
     };
-    assert!(after.iter().zip(&before).any(|(a, b)| (a - b).abs() > 1e-6), "slope did not move: {after:?}");
+    assert!(
+        after.iter().zip(&before).any(|(a, b)| (a - b).abs() > 1e-6),
+        "slope did not move: {after:?}"
+    );
 }
 
 /// Logits of the same weights on another device: saved on flex, loaded there.
-pub fn logits_on(config: &ModelConfig, weights: &std::path::Path, input: &[f32], device: &Device) -> Vec<f32> {
+pub fn logits_on(
+    config: &ModelConfig,
+    weights: &std::path::Path,
+    input: &[f32],
+    device: &Device,
+) -> Vec<f32> {
     let model = config.init(device).load_file(weights);
     let x = Tensor::<4>::from_data(TensorData::new(input.to_vec(), [2, 3, 32, 32]), device);
-    model.forward(x).into_data().try_into_vec_as::<f32>().unwrap()
+    model
+        .forward(x)
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap()
 }
 
 #[test]
@@ -146,7 +225,11 @@ fn flex_and_ndarray_agree() {
     let dir = tempfile::tempdir().unwrap();
     let input = inputs(2, 3072, 9);
     for config in [
-        ModelConfig::Mlp(MlpConfig::new().with_hidden_sizes(vec![64, 32]).with_batch_norm(true)),
+        ModelConfig::Mlp(
+            MlpConfig::new()
+                .with_hidden_sizes(vec![64, 32])
+                .with_batch_norm(true),
+        ),
         ModelConfig::Cnn(CnnConfig::vgg()),
     ] {
         let path = dir.path().join("w.bpk");

@@ -28,8 +28,10 @@ fn wgpu_device() -> Result<Device> {
     });
     std::panic::set_hook(previous);
     match probe {
-        Ok((device, sum)) if sum == 4.0 => Ok(device),
-        Ok((_, sum)) => bail!("--backend wgpu: the GPU computed 1+1+1+1 = {sum}; use --backend flex"),
+        Ok((device, 4.0)) => Ok(device),
+        Ok((_, sum)) => {
+            bail!("--backend wgpu: the GPU computed 1+1+1+1 = {sum}; use --backend flex")
+        }
         Err(panic) => {
             let reason = panic
                 .downcast_ref::<String>()

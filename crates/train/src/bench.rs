@@ -31,18 +31,36 @@ pub fn data(source: &DataSource) -> Result<()> {
     let (dir, _) = crate::dataset::load(source.data.as_deref(), source.download)?;
     let (load, data) = time(5, || cifar_data::Cifar10::load(&dir));
     let data = data?;
-    println!("load {} training images (warm, median of 5): {:.3} s", data.train.len(), load);
+    println!(
+        "load {} training images (warm, median of 5): {:.3} s",
+        data.train.len(),
+        load
+    );
     let splits = SplitConfig::new().split(&data)?;
     let (stats, _) = time(5, || Preprocessing::Standardize.fit(&splits.train));
-    println!("fit per-channel mean and std on {} images (median of 5): {:.3} s", splits.train.len(), stats);
+    println!(
+        "fit per-channel mean and std on {} images (median of 5): {:.3} s",
+        splits.train.len(),
+        stats
+    );
     let (mean_image, _) = time(5, || Preprocessing::MeanImage.fit(&splits.train));
     println!("fit the mean image (median of 5): {:.3} s", mean_image);
-    let (pca, fitted) = time(1, || Preprocessing::Pca { components: 100 }.fit(&splits.train));
+    let (pca, fitted) = time(1, || {
+        Preprocessing::Pca { components: 100 }.fit(&splits.train)
+    });
     fitted?;
-    println!("fit PCA on {} x 3072 (covariance + eigendecomposition, once): {:.1} s", splits.train.len(), pca);
+    println!(
+        "fit PCA on {} x 3072 (covariance + eigendecomposition, once): {:.1} s",
+        splits.train.len(),
+        pca
+    );
     let fitted = Preprocessing::Standardize.fit(&splits.train)?;
     let (transform, features) = time(3, || fitted.transform(&splits.train));
-    println!("standardize {} images (median of 3): {:.3} s", features.len(), transform);
+    println!(
+        "standardize {} images (median of 3): {:.3} s",
+        features.len(),
+        transform
+    );
     let features = Arc::new(features);
     let device = Device::flex();
     let order = EpochOrder::new(features.len(), 0).batches(0, 128);
@@ -57,7 +75,11 @@ pub fn data(source: &DataSource) -> Result<()> {
         let secs = start.elapsed().as_secs_f64();
         println!(
             "batch assembly to flex tensors, batch 128, {}: {:.0} images/s",
-            if augment.is_some() { "with crop+flip" } else { "no augmentation" },
+            if augment.is_some() {
+                "with crop+flip"
+            } else {
+                "no augmentation"
+            },
             images as f64 / secs
         );
     }
@@ -66,12 +88,17 @@ pub fn data(source: &DataSource) -> Result<()> {
 
 /// Training steps (forward, cross-entropy, backward, SGD momentum 0.9) on random data.
 pub fn train(model: &ModelConfig, backend: Backend, batch_size: usize, steps: usize) -> Result<()> {
-    anyhow::ensure!(steps > 0 && batch_size > 0, "--steps and --batch-size must be positive");
+    anyhow::ensure!(
+        steps > 0 && batch_size > 0,
+        "--steps and --batch-size must be positive"
+    );
     let device = crate::backend::device(backend)?.autodiff();
     device.seed(0);
     let mut net = model.init(&device);
     let mut optim = SgdConfig::new()
-        .with_momentum(Some(MomentumConfig::new().with_momentum(0.9).with_dampening(0.0)))
+        .with_momentum(Some(
+            MomentumConfig::new().with_momentum(0.9).with_dampening(0.0),
+        ))
         .init();
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let input_dims = match model {
@@ -79,9 +106,16 @@ pub fn train(model: &ModelConfig, backend: Backend, batch_size: usize, steps: us
         ModelConfig::Cnn(_) => [3, 32, 32],
     };
     let [c, h, w] = input_dims;
-    let x = Tensor::<4>::random([batch_size, c, h, w], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let x = Tensor::<4>::random(
+        [batch_size, c, h, w],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
     let y = Tensor::<1, Int>::from_data(
-        TensorData::new((0..batch_size as i64).map(|i| i % 10).collect::<Vec<_>>(), [batch_size]),
+        TensorData::new(
+            (0..batch_size as i64).map(|i| i % 10).collect::<Vec<_>>(),
+            [batch_size],
+        ),
         &device,
     );
     let mut step = |net: cifar_models::Model| {

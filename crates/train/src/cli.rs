@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use clap::{Args, Parser, Subcommand};
 use cifar_data::Preprocessing;
 use cifar_models::{ActivationConfig, CnnConfig, Init, ModelConfig, StageConfig};
+use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Backend, LrSchedule, OptimizerKind, TrainConfig};
 
@@ -256,7 +256,8 @@ impl FitArgs {
             (Some(path), _) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
-                serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?
+                serde_json::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?
             }
             (None, Some(base)) => base,
             (None, None) => TrainConfig::default(),
@@ -270,20 +271,33 @@ impl FitArgs {
         if let Some(hidden) = &self.hidden {
             match &mut c.model {
                 ModelConfig::Mlp(m) => m.hidden_sizes = hidden.clone(),
-                ModelConfig::Cnn(_) => bail!("--hidden sets MLP layer sizes; use --channels for a CNN, or --model mlp"),
+                ModelConfig::Cnn(_) => {
+                    bail!("--hidden sets MLP layer sizes; use --channels for a CNN, or --model mlp")
+                }
             }
         }
         if let Some(widths) = &self.channels {
             match &mut c.model {
                 ModelConfig::Cnn(m) => {
-                    anyhow::ensure!(widths.iter().all(|&w| w > 0), "--channels must be positive widths, got {widths:?}");
-                    m.stages = widths.iter().map(|&w| StageConfig::new(vec![w, w])).collect();
+                    anyhow::ensure!(
+                        widths.iter().all(|&w| w > 0),
+                        "--channels must be positive widths, got {widths:?}"
+                    );
+                    m.stages = widths
+                        .iter()
+                        .map(|&w| StageConfig::new(vec![w, w]))
+                        .collect();
                 }
-                ModelConfig::Mlp(_) => bail!("--channels sets CNN stage widths; use --hidden for an MLP, or --model cnn"),
+                ModelConfig::Mlp(_) => bail!(
+                    "--channels sets CNN stage widths; use --hidden for an MLP, or --model cnn"
+                ),
             }
         }
         if let Some(hidden) = &self.hidden {
-            anyhow::ensure!(hidden.iter().all(|&h| h > 0), "--hidden must be positive sizes, got {hidden:?}");
+            anyhow::ensure!(
+                hidden.iter().all(|&h| h > 0),
+                "--hidden must be positive sizes, got {hidden:?}"
+            );
         }
         match &mut c.model {
             ModelConfig::Mlp(m) => {
@@ -358,7 +372,9 @@ impl FitArgs {
         // An MLP takes whatever the preprocessing produces: 3072 values, or K after PCA.
         if let ModelConfig::Mlp(m) = &mut c.model {
             m.input_size = match c.preprocess {
-                Preprocessing::Pca { components } | Preprocessing::PcaWhiten { components, .. } => components,
+                Preprocessing::Pca { components } | Preprocessing::PcaWhiten { components, .. } => {
+                    components
+                }
                 _ => cifar_data::IMAGE_BYTES,
             };
         }

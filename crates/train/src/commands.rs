@@ -35,21 +35,33 @@ pub fn fit_command(args: &FitArgs) -> Result<()> {
     let device = backend::device(config.backend)?;
     let progress = Progress::new(args.json);
     let (dir, data) = dataset::load(args.source.data.as_deref(), args.source.download)?;
-    progress.line(&format!("data: {} ({} training images)", dir.display(), data.train.len()));
+    progress.line(&format!(
+        "data: {} ({} training images)",
+        dir.display(),
+        data.train.len()
+    ));
     let started = Instant::now();
     let prepared = dataset::prepare(&data, &config.split, &config.preprocess)?;
     progress.line(&format!(
         "{} train / {} val{} images, preprocessing {} fitted in {:.1}s",
         prepared.train.len(),
         prepared.val.len(),
-        prepared.test.as_ref().map(|t| format!(" / {} test", t.len())).unwrap_or_default(),
+        prepared
+            .test
+            .as_ref()
+            .map(|t| format!(" / {} test", t.len()))
+            .unwrap_or_default(),
         config.preprocess,
         started.elapsed().as_secs_f64()
     ));
     let run = RunDir::create(&out)?;
     run.save_config(&config)?;
     run.save_preprocessing(&prepared.fitted)?;
-    progress.line(&format!("run folder: {}, backend {}", run.path().display(), config.backend));
+    progress.line(&format!(
+        "run folder: {}, backend {}",
+        run.path().display(),
+        config.backend
+    ));
     let summary = fit(
         &config,
         &prepared,
@@ -65,7 +77,10 @@ pub fn fit_command(args: &FitArgs) -> Result<()> {
     progress.line(&format!(
         "done: best val acc {:.4}{}, {:.0} img/s, {:.0}s; run folder {}",
         summary.val_accuracy,
-        summary.test_accuracy.map(|a| format!(", test acc {a:.4}")).unwrap_or_default(),
+        summary
+            .test_accuracy
+            .map(|a| format!(", test acc {a:.4}"))
+            .unwrap_or_default(),
         summary.images_per_sec,
         summary.seconds,
         summary.run_dir
@@ -102,7 +117,10 @@ fn default_run_dir() -> PathBuf {
 }
 
 /// Loads a run's config, preprocessing and best model on `backend` (or the run's).
-fn load_run(dir: &std::path::Path, backend: Option<crate::config::Backend>) -> Result<(RunDir, TrainConfig, Device, cifar_models::Model)> {
+fn load_run(
+    dir: &std::path::Path,
+    backend: Option<crate::config::Backend>,
+) -> Result<(RunDir, TrainConfig, Device, cifar_models::Model)> {
     let run = RunDir::open(dir)?;
     let config = run.load_config()?;
     let device = backend::device(backend.unwrap_or(config.backend))?;
@@ -139,7 +157,10 @@ pub fn eval_command(args: &EvalArgs) -> Result<()> {
         );
         return Ok(());
     }
-    println!("{} split: {} images, accuracy {:.4}, loss {:.4}", args.split, eval.examples, eval.accuracy, eval.loss);
+    println!(
+        "{} split: {} images, accuracy {:.4}, loss {:.4}",
+        args.split, eval.examples, eval.accuracy, eval.loss
+    );
     println!("\nper-class accuracy:");
     for (name, acc) in CLASSES.iter().zip(eval.per_class()) {
         println!("  {name:<10} {acc:.3}");
@@ -163,7 +184,11 @@ pub fn eval_command(args: &EvalArgs) -> Result<()> {
 
 /// `train predict`.
 pub fn predict_command(args: &PredictArgs) -> Result<()> {
-    anyhow::ensure!((1..=10).contains(&args.top), "--top must be between 1 and 10, got {}", args.top);
+    anyhow::ensure!(
+        (1..=10).contains(&args.top),
+        "--top must be between 1 and 10, got {}",
+        args.top
+    );
     let (run, _config, device, model) = load_run(&args.run, args.backend)?;
     let fitted = run.load_preprocessing()?;
     let mut pixels = Vec::with_capacity(args.images.len() * IMAGE_BYTES);
@@ -186,7 +211,10 @@ pub fn predict_command(args: &PredictArgs) -> Result<()> {
     }
     let values = fitted.transform_pixels(&pixels);
     let [c, h, w] = fitted.output_shape().dims();
-    let input = Tensor::<4>::from_data(TensorData::new(values, [args.images.len(), c, h, w]), &device);
+    let input = Tensor::<4>::from_data(
+        TensorData::new(values, [args.images.len(), c, h, w]),
+        &device,
+    );
     let probs = burn::tensor::activation::softmax(model.forward(input), 1)
         .into_data()
         .try_into_vec_as::<f32>()
@@ -197,7 +225,10 @@ pub fn predict_command(args: &PredictArgs) -> Result<()> {
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
         ranked.truncate(args.top);
         if !args.json {
-            let text: Vec<String> = ranked.iter().map(|(k, p)| format!("{} {:.1}%", CLASSES[*k], p * 100.0)).collect();
+            let text: Vec<String> = ranked
+                .iter()
+                .map(|(k, p)| format!("{} {:.1}%", CLASSES[*k], p * 100.0))
+                .collect();
             println!("{}: {}", path.display(), text.join(", "));
         }
         results.push(json!({
@@ -214,7 +245,9 @@ pub fn predict_command(args: &PredictArgs) -> Result<()> {
 /// `train data`.
 pub fn data_command(args: &DataArgs) -> Result<()> {
     let (dir, data) = dataset::load(args.source.data.as_deref(), args.source.download)?;
-    let splits = SplitConfig::new().with_val_size(args.val_size).split(&data)?;
+    let splits = SplitConfig::new()
+        .with_val_size(args.val_size)
+        .split(&data)?;
     let fitted = Preprocessing::Standardize.fit(&splits.train)?;
     let std: Vec<f64> = fitted.scale.iter().map(|s| 1.0 / *s as f64).collect();
     let mut report = json!({
@@ -235,7 +268,12 @@ pub fn data_command(args: &DataArgs) -> Result<()> {
         return Ok(());
     }
     println!("folder: {}", dir.display());
-    println!("{:<10} {:>7}  per class ({})", "split", "images", data.classes.join(", "));
+    println!(
+        "{:<10} {:>7}  per class ({})",
+        "split",
+        "images",
+        data.classes.join(", ")
+    );
     let show = |name: &str, set: &cifar_data::ImageSet| {
         let counts: Vec<String> = set.class_counts().iter().map(|c| c.to_string()).collect();
         println!("{name:<10} {:>7}  {}", set.len(), counts.join(" "));
@@ -250,7 +288,10 @@ pub fn data_command(args: &DataArgs) -> Result<()> {
         "training-split channel mean (R, G, B, 0-1 scale): {:.4} {:.4} {:.4}",
         fitted.mean[0], fitted.mean[1], fitted.mean[2]
     );
-    println!("training-split channel std:                      {:.4} {:.4} {:.4}", std[0], std[1], std[2]);
+    println!(
+        "training-split channel std:                      {:.4} {:.4} {:.4}",
+        std[0], std[1], std[2]
+    );
     Ok(())
 }
 
@@ -264,11 +305,18 @@ pub fn init_stats_command(args: &InitStatsArgs) -> Result<()> {
     let input: Tensor<2> = if args.input == "cifar" {
         let (_, data) = dataset::load(args.source.data.as_deref(), args.source.download)?;
         let n = args.samples.min(data.train.len());
-        let set = cifar_data::ImageSet::new(data.train.pixels()[..n * IMAGE_BYTES].to_vec(), data.train.labels()[..n].to_vec());
+        let set = cifar_data::ImageSet::new(
+            data.train.pixels()[..n * IMAGE_BYTES].to_vec(),
+            data.train.labels()[..n].to_vec(),
+        );
         let features = Preprocessing::Standardize.fit(&data.train)?.transform(&set);
         Tensor::from_data(TensorData::new(features.values, [n, IMAGE_BYTES]), &device)
     } else {
-        Tensor::random([args.samples, args.width], burn::tensor::Distribution::Normal(0.0, 1.0), &device)
+        Tensor::random(
+            [args.samples, args.width],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        )
     };
     let input_size = input.dims()[1];
     let mlp = MlpConfig::new()
@@ -283,7 +331,10 @@ pub fn init_stats_command(args: &InitStatsArgs) -> Result<()> {
     let mut rows = Vec::new();
     let mut report = Vec::new();
     if !args.json {
-        println!("input layer had mean {:.6} and std {:.6}", input_stats.mean, input_stats.std);
+        println!(
+            "input layer had mean {:.6} and std {:.6}",
+            input_stats.mean, input_stats.std
+        );
     }
     for (i, layer) in layers.into_iter().enumerate() {
         let s = ActivationStats::of_tensor(layer.post, args.activation.saturation_band(), 30);
@@ -307,7 +358,10 @@ pub fn init_stats_command(args: &InitStatsArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::Value::Array(report));
     } else {
-        println!("histograms (one row per layer, each over its own range): {}", args.png.display());
+        println!(
+            "histograms (one row per layer, each over its own range): {}",
+            args.png.display()
+        );
     }
     Ok(())
 }

@@ -30,7 +30,9 @@ impl FromStr for Backend {
             "flex" | "cpu" => Ok(Backend::Flex),
             "ndarray" => Ok(Backend::Ndarray),
             "wgpu" | "gpu" => Ok(Backend::Wgpu),
-            _ => Err(format!("unknown backend '{s}': expected flex (or cpu), ndarray, or wgpu (or gpu)")),
+            _ => Err(format!(
+                "unknown backend '{s}': expected flex (or cpu), ndarray, or wgpu (or gpu)"
+            )),
         }
     }
 }
@@ -103,7 +105,11 @@ impl FromStr for LrSchedule {
             "constant" => LrSchedule::Constant,
             "step" => LrSchedule::Step,
             "cosine" => LrSchedule::Cosine,
-            _ => return Err(format!("unknown learning-rate schedule '{s}': expected constant, step or cosine")),
+            _ => {
+                return Err(format!(
+                    "unknown learning-rate schedule '{s}': expected constant, step or cosine"
+                ));
+            }
         })
     }
 }
@@ -178,10 +184,16 @@ impl TrainConfig {
         };
         positive(self.lr, "--lr")?;
         if !(0.0..1.0).contains(&self.momentum) {
-            return Err(format!("--momentum must be in [0, 1), got {}", self.momentum));
+            return Err(format!(
+                "--momentum must be in [0, 1), got {}",
+                self.momentum
+            ));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(format!("--weight-decay must be >= 0, got {}", self.weight_decay));
+            return Err(format!(
+                "--weight-decay must be >= 0, got {}",
+                self.weight_decay
+            ));
         }
         if !(self.warmup.is_finite() && self.warmup >= 0.0) {
             return Err(format!("--warmup must be >= 0 epochs, got {}", self.warmup));
@@ -223,7 +235,11 @@ impl TrainConfig {
     pub fn lr_at(&self, iteration: usize, total: usize, per_epoch: usize) -> f64 {
         let t = iteration as f64;
         let warmup = self.warmup * per_epoch as f64;
-        let warm = if warmup > 0.0 && t < warmup { (t + 1.0) / warmup } else { 1.0 };
+        let warm = if warmup > 0.0 && t < warmup {
+            (t + 1.0) / warmup
+        } else {
+            1.0
+        };
         let progress = t / total.max(1) as f64;
         let decay = match self.lr_schedule {
             LrSchedule::Constant => 1.0,
@@ -248,7 +264,12 @@ mod tests {
 
     #[test]
     fn schedules_by_hand() {
-        let mut c = TrainConfig { lr: 1.0, warmup: 0.0, lr_schedule: LrSchedule::Step, ..TrainConfig::default() };
+        let mut c = TrainConfig {
+            lr: 1.0,
+            warmup: 0.0,
+            lr_schedule: LrSchedule::Step,
+            ..TrainConfig::default()
+        };
         assert_eq!(c.lr_at(0, 100, 10), 1.0);
         assert_eq!(c.lr_at(50, 100, 10), 0.1);
         assert_eq!(c.lr_at(80, 100, 10), 0.01);
@@ -262,9 +283,15 @@ mod tests {
 
     #[test]
     fn validation_names_the_flag() {
-        let bad = TrainConfig { lr: -1.0, ..TrainConfig::default() };
+        let bad = TrainConfig {
+            lr: -1.0,
+            ..TrainConfig::default()
+        };
         assert!(bad.validate().unwrap_err().contains("--lr"));
-        let bad = TrainConfig { preprocess: Preprocessing::Pca { components: 10 }, ..TrainConfig::default() };
+        let bad = TrainConfig {
+            preprocess: Preprocessing::Pca { components: 10 },
+            ..TrainConfig::default()
+        };
         assert!(bad.validate().unwrap_err().contains("CNN"));
         assert!(TrainConfig::default().validate().is_ok());
     }

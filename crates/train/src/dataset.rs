@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use cifar_data::{Cifar10, Features, FittedPreprocessing, Preprocessing, SplitConfig, archive, find_data_dir};
+use cifar_data::{
+    Cifar10, Features, FittedPreprocessing, Preprocessing, SplitConfig, archive, find_data_dir,
+};
 
 /// Finds the data folder (`--data`, `$CIFAR10_DIR`, `./data/cifar-10-batches-bin`,
 /// the cache) and loads it; with `download`, fetches the official archive into
@@ -13,7 +15,8 @@ pub fn load(data: Option<&Path>, download: bool) -> Result<(PathBuf, Cifar10)> {
     let dir = match find_data_dir(data) {
         Ok(dir) => dir,
         Err(e) if download && data.is_none() => {
-            let cache = archive::default_cache_dir().context("this platform has no cache folder; pass --data")?;
+            let cache = archive::default_cache_dir()
+                .context("this platform has no cache folder; pass --data")?;
             eprintln!("{e}\ndownloading CIFAR-10 into {}", cache.display());
             archive::download(&cache, archive::URL, archive::MD5)?
         }
@@ -36,8 +39,12 @@ pub struct Prepared {
 }
 
 /// Splits `data`, fits `preprocess` on the training split and transforms every split.
-pub fn prepare(data: &Cifar10, split: &SplitConfig, preprocess: &Preprocessing) -> Result<Prepared> {
-    let splits = split.split(data).context("--train-size / --val-size")?;
+pub fn prepare(
+    data: &Cifar10,
+    split: &SplitConfig,
+    preprocess: &Preprocessing,
+) -> Result<Prepared> {
+    let splits = split.split(data)?;
     let fitted = preprocess.fit(&splits.train)?;
     Ok(Prepared {
         train: Arc::new(fitted.transform(&splits.train)),

@@ -27,15 +27,30 @@ impl Evaluation {
             .enumerate()
             .map(|(c, row)| {
                 let total: u64 = row.iter().sum();
-                if total == 0 { 0.0 } else { row[c] as f64 / total as f64 }
+                if total == 0 {
+                    0.0
+                } else {
+                    row[c] as f64 / total as f64
+                }
             })
             .collect()
     }
 }
 
 /// Evaluates `model` (in eval mode, on a plain device) on `features`, `batch_size` at a time.
-pub fn evaluate(model: &Model, features: &Arc<Features>, batch_size: usize, device: &Device) -> Evaluation {
-    evaluate_indices(model, features, &(0..features.len()).collect::<Vec<_>>(), batch_size, device)
+pub fn evaluate(
+    model: &Model,
+    features: &Arc<Features>,
+    batch_size: usize,
+    device: &Device,
+) -> Evaluation {
+    evaluate_indices(
+        model,
+        features,
+        &(0..features.len()).collect::<Vec<_>>(),
+        batch_size,
+        device,
+    )
 }
 
 /// Evaluates `model` on the examples of `indices`.
@@ -57,7 +72,11 @@ pub fn evaluate_indices(
             .init(device)
             .forward(logits.clone(), batch.targets.clone());
         loss_sum += loss.into_scalar::<f32>() as f64 * chunk.len() as f64;
-        let predicted = logits.argmax(1).into_data().try_into_vec_as::<i64>().expect("ints");
+        let predicted = logits
+            .argmax(1)
+            .into_data()
+            .try_into_vec_as::<i64>()
+            .expect("ints");
         for (&i, &p) in chunk.iter().zip(&predicted) {
             let truth = features.labels[i] as usize;
             confusion[truth][p as usize] += 1;

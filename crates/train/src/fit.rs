@@ -18,7 +18,10 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, RmsPropConfig, SgdConfig, decay::WeightDecayConfig, momentum::MomentumConfig};
+use burn::optim::{
+    AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, RmsPropConfig, SgdConfig,
+    decay::WeightDecayConfig, momentum::MomentumConfig,
+};
 use burn::prelude::*;
 use cifar_data::{CifarBatcher, EpochOrder, mix_seed};
 use cifar_models::Model;
@@ -102,12 +105,24 @@ pub struct RunSummary {
 
 /// Builds the optimizer of `config`.
 pub fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
-    let decay = (config.weight_decay > 0.0).then(|| WeightDecayConfig::new(config.weight_decay as f32));
-    let momentum = |nesterov| MomentumConfig::new().with_momentum(config.momentum).with_dampening(0.0).with_nesterov(nesterov);
+    let decay =
+        (config.weight_decay > 0.0).then(|| WeightDecayConfig::new(config.weight_decay as f32));
+    let momentum = |nesterov| {
+        MomentumConfig::new()
+            .with_momentum(config.momentum)
+            .with_dampening(0.0)
+            .with_nesterov(nesterov)
+    };
     match config.optimizer {
         OptimizerKind::Sgd => SgdConfig::new().with_weight_decay(decay).init(),
-        OptimizerKind::Momentum => SgdConfig::new().with_weight_decay(decay).with_momentum(Some(momentum(false))).init(),
-        OptimizerKind::Nesterov => SgdConfig::new().with_weight_decay(decay).with_momentum(Some(momentum(true))).init(),
+        OptimizerKind::Momentum => SgdConfig::new()
+            .with_weight_decay(decay)
+            .with_momentum(Some(momentum(false)))
+            .init(),
+        OptimizerKind::Nesterov => SgdConfig::new()
+            .with_weight_decay(decay)
+            .with_momentum(Some(momentum(true)))
+            .init(),
         OptimizerKind::Adam => AdamConfig::new()
             .with_beta_1(config.momentum as f32)
             .with_epsilon(1e-8)
@@ -139,7 +154,13 @@ pub struct FitOptions<'a> {
 }
 
 /// Trains `config.model` on `data` into `run`, on `device` (a plain device; autodiff is added here).
-pub fn fit(config: &TrainConfig, data: &Prepared, run: &RunDir, device: &Device, mut options: FitOptions<'_>) -> Result<RunSummary> {
+pub fn fit(
+    config: &TrainConfig,
+    data: &Prepared,
+    run: &RunDir,
+    device: &Device,
+    mut options: FitOptions<'_>,
+) -> Result<RunSummary> {
     let train_device = device.clone().autodiff();
     train_device.seed(config.seed);
     let mut model = config.model.init(&train_device);
@@ -169,7 +190,9 @@ pub fn fit(config: &TrainConfig, data: &Prepared, run: &RunDir, device: &Device,
     let order = EpochOrder::new(n, config.seed);
     let batcher = CifarBatcher::new(data.train.clone()).with_augmentation(config.augment);
     let loss_fn = CrossEntropyLossConfig::new().init(&train_device);
-    let sample: Vec<usize> = (0..n.min(TRAIN_ACCURACY_SAMPLE)).map(|i| i * n / n.min(TRAIN_ACCURACY_SAMPLE)).collect();
+    let sample: Vec<usize> = (0..n.min(TRAIN_ACCURACY_SAMPLE))
+        .map(|i| i * n / n.min(TRAIN_ACCURACY_SAMPLE))
+        .collect();
     let mut last_epoch_loss = f64::NAN;
     let mut images_trained = 0usize;
     let run_start = Instant::now();
@@ -181,7 +204,10 @@ pub fn fit(config: &TrainConfig, data: &Prepared, run: &RunDir, device: &Device,
         let epoch_start = Instant::now();
         let (mut loss_sum, mut steps, mut images) = (0.0, 0usize, 0usize);
         let mut lr = config.lr_at(state.iteration, total, per_epoch);
-        let mut bar = options.progress.epoch_bar(epoch + 1, config.epochs, batches.len(), state.batch);
+        let mut bar =
+            options
+                .progress
+                .epoch_bar(epoch + 1, config.epochs, batches.len(), state.batch);
         for indices in &batches[state.batch..] {
             let iteration = state.iteration;
             batcher.reseed(mix_seed(config.seed ^ AUGMENT_SALT, iteration as u64));
@@ -205,7 +231,12 @@ pub fn fit(config: &TrainConfig, data: &Prepared, run: &RunDir, device: &Device,
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             let before = (!options.observers.is_empty()).then(|| model.clone());
             model = optim.step(lr, model, grads);
-            let info = StepInfo { epoch, iteration, loss: loss_value, lr };
+            let info = StepInfo {
+                epoch,
+                iteration,
+                loss: loss_value,
+                lr,
+            };
             if let Some(before) = &before {
                 for observer in options.observers.iter_mut() {
                     observer.after_step(&info, before, &model)?;
@@ -241,7 +272,11 @@ pub fn fit(config: &TrainConfig, data: &Prepared, run: &RunDir, device: &Device,
         state.epoch += 1;
         state.batch = 0;
         state.seconds = seconds_before + run_start.elapsed().as_secs_f64();
-        last_epoch_loss = if steps > 0 { loss_sum / steps as f64 } else { last_epoch_loss };
+        last_epoch_loss = if steps > 0 {
+            loss_sum / steps as f64
+        } else {
+            last_epoch_loss
+        };
         let summary = EpochSummary {
             epoch: state.epoch,
             train_loss: last_epoch_loss,
@@ -254,7 +289,10 @@ pub fn fit(config: &TrainConfig, data: &Prepared, run: &RunDir, device: &Device,
         };
         options.progress.epoch_line(&summary, config.epochs);
         metrics.epoch(&summary, state.iteration)?;
-        if state.best_val_accuracy.is_none_or(|best| val.accuracy > best) {
+        if state
+            .best_val_accuracy
+            .is_none_or(|best| val.accuracy > best)
+        {
             state.best_val_accuracy = Some(val.accuracy);
             run.save_best(&model)?;
         }
@@ -281,7 +319,10 @@ pub fn fit(config: &TrainConfig, data: &Prepared, run: &RunDir, device: &Device,
         images_per_sec: images_trained as f64 / seconds.max(1e-9),
         seconds: state.seconds,
     };
-    crate::rundir::write_atomic(&run.file("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    crate::rundir::write_atomic(
+        &run.file("summary.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
     Ok(summary)
 }
 
@@ -290,7 +331,8 @@ struct Metrics {
     file: std::fs::File,
 }
 
-const METRICS_HEADER: &str = "kind,epoch,iteration,loss,lr,train_accuracy,val_accuracy,val_loss,images_per_sec,seconds";
+const METRICS_HEADER: &str =
+    "kind,epoch,iteration,loss,lr,train_accuracy,val_accuracy,val_loss,images_per_sec,seconds";
 
 impl Metrics {
     /// Opens the file; when resuming, drops the rows past the checkpoint's step.
@@ -300,7 +342,11 @@ impl Metrics {
         kept.push('\n');
         if resume && let Ok(text) = std::fs::read_to_string(&path) {
             for line in text.lines().skip(1) {
-                let step: usize = line.split(',').nth(2).and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
+                let step: usize = line
+                    .split(',')
+                    .nth(2)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(usize::MAX);
                 if step <= iteration {
                     kept.push_str(line);
                     kept.push('\n');
@@ -317,7 +363,14 @@ impl Metrics {
 
     fn iteration(&mut self, s: &StepInfo) -> Result<()> {
         // Iteration rows count steps from 1, so the epoch row after step k also reads k.
-        writeln!(self.file, "step,{},{},{:.6},{:.6e},,,,,", s.epoch + 1, s.iteration + 1, s.loss, s.lr)?;
+        writeln!(
+            self.file,
+            "step,{},{},{:.6},{:.6e},,,,,",
+            s.epoch + 1,
+            s.iteration + 1,
+            s.loss,
+            s.lr
+        )?;
         Ok(())
     }
 
@@ -325,7 +378,15 @@ impl Metrics {
         writeln!(
             self.file,
             "epoch,{},{},{:.6},{:.6e},{:.4},{:.4},{:.6},{:.1},{:.1}",
-            s.epoch, iteration, s.train_loss, s.lr, s.train_accuracy, s.val_accuracy, s.val_loss, s.images_per_sec, s.seconds
+            s.epoch,
+            iteration,
+            s.train_loss,
+            s.lr,
+            s.train_accuracy,
+            s.val_accuracy,
+            s.val_loss,
+            s.images_per_sec,
+            s.seconds
         )?;
         self.file.flush()?;
         Ok(())
@@ -340,7 +401,9 @@ pub fn interrupt_flag() -> Arc<AtomicBool> {
         if handler_flag.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
-        eprintln!("\nCtrl-C: finishing this step and writing a checkpoint (press again to quit now)");
+        eprintln!(
+            "\nCtrl-C: finishing this step and writing a checkpoint (press again to quit now)"
+        );
     });
     flag
 }

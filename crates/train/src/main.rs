@@ -1,8 +1,8 @@
 //! `train`: train and inspect CIFAR-10 classifiers. See `train --help`.
 
-use clap::Parser;
 use cifar_train::cli::{Cli, Command};
 use cifar_train::commands;
+use clap::Parser;
 
 fn main() {
     let cli = Cli::parse();

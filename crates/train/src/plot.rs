@@ -64,7 +64,8 @@ pub fn histograms_png(rows: &[Vec<u64>], path: &Path) -> Result<()> {
 
 fn save(img: &RgbImage, path: &Path) -> Result<()> {
     let tmp = path.with_extension("tmp.png");
-    img.save(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    img.save(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
@@ -92,7 +93,11 @@ mod tests {
         let path = dir.path().join("h.png");
         histograms_png(&[vec![1, 4, 2]], &path).unwrap();
         let img = image::open(&path).unwrap().to_rgb8();
-        let filled = |b: u32| (0..60).filter(|&y| *img.get_pixel(10 + b * 8 + 4, 10 + y) == BAR).count();
+        let filled = |b: u32| {
+            (0..60)
+                .filter(|&y| *img.get_pixel(10 + b * 8 + 4, 10 + y) == BAR)
+                .count()
+        };
         assert_eq!(filled(1), 58);
         assert!(filled(0) < filled(2) && filled(2) < filled(1));
     }

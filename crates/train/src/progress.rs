@@ -37,11 +37,14 @@ impl Progress {
     /// A bar for one epoch of `steps` steps, `done` of them already done.
     pub fn epoch_bar(&self, epoch: usize, epochs: usize, steps: usize, done: usize) -> EpochBar {
         let bar = if self.bars {
-            let bar = ProgressBar::with_draw_target(Some(steps as u64), ProgressDrawTarget::stderr());
+            let bar =
+                ProgressBar::with_draw_target(Some(steps as u64), ProgressDrawTarget::stderr());
             bar.set_style(
-                ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
-                    .expect("valid template")
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
             );
             bar.set_prefix(format!("{epoch}/{epochs}"));
             bar.set_position(done as u64);
@@ -87,7 +90,7 @@ impl EpochBar {
                 bar.set_message(format!("loss {loss:.4} {images_per_sec:.0} img/s"));
                 bar.inc(1);
             }
-            None if self.done % self.every == 0 && self.done < self.steps => {
+            None if self.done.is_multiple_of(self.every) && self.done < self.steps => {
                 self.progress.line(&format!(
                     "  epoch {} step {}/{}: loss {loss:.4}, {images_per_sec:.0} img/s",
                     self.epoch, self.done, self.steps

@@ -50,7 +50,8 @@ impl RunDir {
     /// Opens (and creates) the folder.
     pub fn create(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        std::fs::create_dir_all(&root).with_context(|| format!("cannot create run folder {}", root.display()))?;
+        std::fs::create_dir_all(&root)
+            .with_context(|| format!("cannot create run folder {}", root.display()))?;
         Ok(Self { root })
     }
 
@@ -77,14 +78,19 @@ impl RunDir {
 
     /// Writes `config.json`.
     pub fn save_config(&self, config: &TrainConfig) -> Result<()> {
-        write_atomic(&self.file("config.json"), serde_json::to_string_pretty(config)?.as_bytes())
+        write_atomic(
+            &self.file("config.json"),
+            serde_json::to_string_pretty(config)?.as_bytes(),
+        )
     }
 
     /// Reads `config.json`.
     pub fn load_config(&self) -> Result<TrainConfig> {
         let path = self.file("config.json");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not a valid run config", path.display()))
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid run config", path.display()))
     }
 
     /// Writes the fitted preprocessing.
@@ -105,24 +111,38 @@ impl RunDir {
     /// Loads the best model into `model` (built from the run's config on the target device).
     pub fn load_best(&self, model: Model) -> Result<Model> {
         let path = self.file("best.bpk");
-        model
-            .try_load_file(&path)
-            .map_err(|e| anyhow::anyhow!("cannot load {}: {e:?}; was the run stopped before its first epoch ended?", path.display()))
+        model.try_load_file(&path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot load {}: {e:?}; was the run stopped before its first epoch ended?",
+                path.display()
+            )
+        })
     }
 
     /// Writes a checkpoint: model, optimizer state and training state, in a
     /// temporary folder that replaces the previous checkpoint only when complete.
-    pub fn save_checkpoint(&self, model: &Model, optim: &ModuleOptimizer, state: &TrainState) -> Result<()> {
+    pub fn save_checkpoint(
+        &self,
+        model: &Model,
+        optim: &ModuleOptimizer,
+        state: &TrainState,
+    ) -> Result<()> {
         let tmp = self.file("checkpoint.tmp");
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        std::fs::create_dir_all(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
         model
             .clone()
             .save_file(tmp.join("model.bpk"))
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e:?}", tmp.join("model.bpk").display()))?;
-        optim
-            .save(tmp.join("optimizer.bpk"))
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e:?}", tmp.join("optimizer.bpk").display()))?;
+            .map_err(|e| {
+                anyhow::anyhow!("cannot write {}: {e:?}", tmp.join("model.bpk").display())
+            })?;
+        optim.save(tmp.join("optimizer.bpk")).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot write {}: {e:?}",
+                tmp.join("optimizer.bpk").display()
+            )
+        })?;
         std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
         let current = self.file("checkpoint");
         let old = self.file("checkpoint.old");
@@ -130,7 +150,8 @@ impl RunDir {
         if current.exists() {
             std::fs::rename(&current, &old)?;
         }
-        std::fs::rename(&tmp, &current).with_context(|| format!("cannot write {}", current.display()))?;
+        std::fs::rename(&tmp, &current)
+            .with_context(|| format!("cannot write {}", current.display()))?;
         let _ = std::fs::remove_dir_all(&old);
         Ok(())
     }
@@ -144,18 +165,26 @@ impl RunDir {
     }
 
     /// Loads the latest checkpoint into `model` and `optim`.
-    pub fn load_checkpoint(&self, model: Model, optim: ModuleOptimizer) -> Result<(Model, ModuleOptimizer, TrainState)> {
+    pub fn load_checkpoint(
+        &self,
+        model: Model,
+        optim: ModuleOptimizer,
+    ) -> Result<(Model, ModuleOptimizer, TrainState)> {
         let dir = self.checkpoint_dir().with_context(|| {
-            format!("--resume: {} has no checkpoint; start the run without --resume", self.root.display())
+            format!(
+                "--resume: {} has no checkpoint; start the run without --resume",
+                self.root.display()
+            )
         })?;
-        let state: TrainState = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)
-            .with_context(|| format!("{} is corrupt", dir.join("state.json").display()))?;
-        let model = model
-            .try_load_file(dir.join("model.bpk"))
-            .map_err(|e| anyhow::anyhow!("cannot load {}: {e:?}", dir.join("model.bpk").display()))?;
-        let optim = optim
-            .load(dir.join("optimizer.bpk"))
-            .map_err(|e| anyhow::anyhow!("cannot load {}: {e:?}", dir.join("optimizer.bpk").display()))?;
+        let state: TrainState =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)
+                .with_context(|| format!("{} is corrupt", dir.join("state.json").display()))?;
+        let model = model.try_load_file(dir.join("model.bpk")).map_err(|e| {
+            anyhow::anyhow!("cannot load {}: {e:?}", dir.join("model.bpk").display())
+        })?;
+        let optim = optim.load(dir.join("optimizer.bpk")).map_err(|e| {
+            anyhow::anyhow!("cannot load {}: {e:?}", dir.join("optimizer.bpk").display())
+        })?;
         Ok((model, optim, state))
     }
 }

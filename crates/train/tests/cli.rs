@@ -34,7 +34,12 @@ fn stderr(out: &Output) -> String {
 
 fn ok(args: &[&str]) -> String {
     let out = run(args);
-    assert!(out.status.success(), "train {args:?} failed:\n{}\n{}", stdout(&out), stderr(&out));
+    assert!(
+        out.status.success(),
+        "train {args:?} failed:\n{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
     stdout(&out)
 }
 
@@ -46,16 +51,54 @@ fn json(text: &str) -> Value {
 /// A small, fast run: an MLP on 200 images.
 fn small_fit<'a>(data: &'a str, out: &'a str, backend: &'a str, epochs: &'a str) -> Vec<&'a str> {
     vec![
-        "fit", "--data", data, "--out", out, "--backend", backend, "--model", "mlp", "--hidden", "32",
-        "--preprocess", "mean-image", "--augment", "false", "--optimizer", "momentum", "--lr", "0.01",
-        "--lr-schedule", "constant", "--warmup", "0", "--epochs", epochs, "--batch-size", "25",
-        "--val-size", "50", "--json",
+        "fit",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--backend",
+        backend,
+        "--model",
+        "mlp",
+        "--hidden",
+        "32",
+        "--preprocess",
+        "mean-image",
+        "--augment",
+        "false",
+        "--optimizer",
+        "momentum",
+        "--lr",
+        "0.01",
+        "--lr-schedule",
+        "constant",
+        "--warmup",
+        "0",
+        "--epochs",
+        epochs,
+        "--batch-size",
+        "25",
+        "--val-size",
+        "50",
+        "--json",
     ]
 }
 
 fn check_run_folder(run: &Path) {
-    for file in ["config.json", "preprocess.bin", "metrics.csv", "best.bpk", "summary.json", "checkpoint/model.bpk", "checkpoint/optimizer.bpk", "checkpoint/state.json"] {
-        assert!(run.join(file).is_file(), "{file} missing from the run folder");
+    for file in [
+        "config.json",
+        "preprocess.bin",
+        "metrics.csv",
+        "best.bpk",
+        "summary.json",
+        "checkpoint/model.bpk",
+        "checkpoint/optimizer.bpk",
+        "checkpoint/state.json",
+    ] {
+        assert!(
+            run.join(file).is_file(),
+            "{file} missing from the run folder"
+        );
     }
     let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     assert!(metrics.starts_with("kind,epoch,iteration,loss"));
@@ -71,7 +114,10 @@ fn fit_on_flex_then_eval_and_predict() {
     let summary = json(&ok(&small_fit(d, o, "cpu", "1")));
     assert_eq!(summary["epochs"], 1);
     assert!(summary["final_training_loss"].as_f64().unwrap().is_finite());
-    assert!(summary["test_accuracy"].as_f64().is_some(), "the generated data has a test batch");
+    assert!(
+        summary["test_accuracy"].as_f64().is_some(),
+        "the generated data has a test batch"
+    );
     check_run_folder(&out);
 
     let eval = json(&ok(&["eval", "--run", o, "--data", d, "--json"]));
@@ -85,15 +131,29 @@ fn fit_on_flex_then_eval_and_predict() {
 
     // Predict on a 32x32 PNG and on a larger JPEG (resized).
     let png = tmp.path().join("cat.png");
-    image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8 * 8, y as u8 * 8, 128])).save(&png).unwrap();
+    image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8 * 8, y as u8 * 8, 128]))
+        .save(&png)
+        .unwrap();
     let jpg = tmp.path().join("big.jpg");
-    image::RgbImage::from_fn(64, 48, |x, _| image::Rgb([x as u8, 200, 30])).save(&jpg).unwrap();
-    let predicted = json(&ok(&["predict", "--run", o, png.to_str().unwrap(), jpg.to_str().unwrap(), "--json"]));
+    image::RgbImage::from_fn(64, 48, |x, _| image::Rgb([x as u8, 200, 30]))
+        .save(&jpg)
+        .unwrap();
+    let predicted = json(&ok(&[
+        "predict",
+        "--run",
+        o,
+        png.to_str().unwrap(),
+        jpg.to_str().unwrap(),
+        "--json",
+    ]));
     let predictions = predicted.as_array().unwrap();
     assert_eq!(predictions.len(), 2);
     let top = predictions[0]["top"].as_array().unwrap();
     assert_eq!(top.len(), 3);
-    let p: Vec<f64> = top.iter().map(|t| t["probability"].as_f64().unwrap()).collect();
+    let p: Vec<f64> = top
+        .iter()
+        .map(|t| t["probability"].as_f64().unwrap())
+        .collect();
     assert!(p[0] >= p[1] && p[1] >= p[2] && p[0] <= 1.0);
 }
 
@@ -101,7 +161,12 @@ fn fit_on_flex_then_eval_and_predict() {
 fn fit_on_ndarray() {
     let (tmp, data) = dataset();
     let out = tmp.path().join("run");
-    let summary = json(&ok(&small_fit(data.to_str().unwrap(), out.to_str().unwrap(), "ndarray", "1")));
+    let summary = json(&ok(&small_fit(
+        data.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "ndarray",
+        "1",
+    )));
     assert_eq!(summary["epochs"], 1);
     check_run_folder(&out);
 }
@@ -111,11 +176,24 @@ fn fit_default_cnn_with_augmentation() {
     let (tmp, data) = dataset();
     let out = tmp.path().join("run");
     let summary = json(&ok(&[
-        "fit", "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--channels", "4,8",
-        "--epochs", "1", "--batch-size", "50", "--val-size", "50", "--json",
+        "fit",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--channels",
+        "4,8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "50",
+        "--val-size",
+        "50",
+        "--json",
     ]));
     assert_eq!(summary["epochs"], 1);
-    let config: Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["preprocess"]["method"], "standardize");
     assert_eq!(config["optimizer"], "nesterov");
     assert!(config["augment"].is_object());
@@ -131,12 +209,22 @@ fn resume_gives_the_same_final_metrics() {
     let resumed = tmp.path().join("resumed");
     let r = resumed.to_str().unwrap();
     ok(&small_fit(d, r, "flex", "1"));
-    let b = json(&ok(&["fit", "--data", d, "--out", r, "--resume", "--epochs", "2", "--json"]));
+    let b = json(&ok(&[
+        "fit", "--data", d, "--out", r, "--resume", "--epochs", "2", "--json",
+    ]));
     assert_eq!(b["epochs"], 2);
     assert_eq!(a["val_accuracy"], b["val_accuracy"]);
-    let (la, lb) = (a["final_training_loss"].as_f64().unwrap(), b["final_training_loss"].as_f64().unwrap());
+    let (la, lb) = (
+        a["final_training_loss"].as_f64().unwrap(),
+        b["final_training_loss"].as_f64().unwrap(),
+    );
     assert!((la - lb).abs() < 1e-5 * la.abs().max(1.0), "{la} vs {lb}");
-    let rows = |p: &Path| std::fs::read_to_string(p.join("metrics.csv")).unwrap().lines().count();
+    let rows = |p: &Path| {
+        std::fs::read_to_string(p.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .count()
+    };
     assert_eq!(rows(&straight), rows(&resumed));
 }
 
@@ -149,9 +237,22 @@ fn config_file_round_trip() {
     // The saved config, passed back with --config, reproduces the run; flags still override it.
     let second = tmp.path().join("second");
     let config = first.join("config.json");
-    ok(&["fit", "--data", d, "--out", second.to_str().unwrap(), "--config", config.to_str().unwrap(), "--seed", "5", "--json"]);
+    ok(&[
+        "fit",
+        "--data",
+        d,
+        "--out",
+        second.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--seed",
+        "5",
+        "--json",
+    ]);
     let a: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
-    let mut b: Value = serde_json::from_str(&std::fs::read_to_string(second.join("config.json")).unwrap()).unwrap();
+    let mut b: Value =
+        serde_json::from_str(&std::fs::read_to_string(second.join("config.json")).unwrap())
+            .unwrap();
     assert_eq!(b["seed"], 5);
     b["seed"] = a["seed"].clone();
     assert_eq!(a, b);
@@ -167,19 +268,41 @@ fn invalid_flag_values_fail_cleanly() {
         (&["--backend", "tpu"], "unknown backend 'tpu'"),
         (&["--activation", "swish"], "unknown activation 'swish'"),
         (&["--init", "orthogonal"], "unknown init 'orthogonal'"),
-        (&["--preprocess", "whiten"], "unknown preprocessing 'whiten'"),
+        (
+            &["--preprocess", "whiten"],
+            "unknown preprocessing 'whiten'",
+        ),
         (&["--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'"),
-        (&["--lr-schedule", "linear"], "unknown learning-rate schedule"),
+        (
+            &["--lr-schedule", "linear"],
+            "unknown learning-rate schedule",
+        ),
         (&["--model", "transformer"], "unknown model 'transformer'"),
         (&["--lr=-1"], "--lr must be a positive number"),
         (&["--epochs", "0"], "--epochs must be at least 1"),
         (&["--batch-size", "0"], "--batch-size must be at least 1"),
         (&["--momentum", "1.5"], "--momentum must be in [0, 1)"),
         (&["--dropout", "1"], "--dropout must be in [0, 1)"),
-        (&["--model", "cnn", "--hidden", "10"], "--hidden sets MLP layer sizes"),
-        (&["--model", "cnn", "--preprocess", "pca:10", "--augment", "false"], "a CNN cannot take"),
+        (
+            &["--model", "cnn", "--hidden", "10"],
+            "--hidden sets MLP layer sizes",
+        ),
+        (
+            &[
+                "--model",
+                "cnn",
+                "--preprocess",
+                "pca:10",
+                "--augment",
+                "false",
+            ],
+            "a CNN cannot take",
+        ),
         (&["--val-size", "400"], "--val-size"),
-        (&["--train-size", "5000"], "5000 asked"),
+        (
+            &["--val-size", "50", "--train-size", "5000"],
+            "invalid training size (--train-size): 5000 asked",
+        ),
     ];
     for (extra, expected) in cases {
         let mut args = vec!["fit", "--data", d, "--out", o];
@@ -187,7 +310,10 @@ fn invalid_flag_values_fail_cleanly() {
         let out = run(&args);
         let err = stderr(&out);
         assert!(!out.status.success(), "{extra:?} succeeded");
-        assert!(err.contains(expected), "{extra:?}: expected '{expected}' in:\n{err}");
+        assert!(
+            err.contains(expected),
+            "{extra:?}: expected '{expected}' in:\n{err}"
+        );
         assert!(!err.contains("panicked"), "{extra:?} panicked:\n{err}");
     }
 }
@@ -205,26 +331,51 @@ fn bad_data_folders_fail_cleanly() {
         assert!(!err.contains("panicked"), "{err}");
         assert_eq!(err.trim().lines().count(), 1, "not one line:\n{err}");
     };
-    check(&["fit", "--data", "/no/such/folder", "--out", o], "/no/such/folder does not exist");
+    check(
+        &["fit", "--data", "/no/such/folder", "--out", o],
+        "/no/such/folder does not exist",
+    );
     let truncated = data.join("data_batch_5.bin");
     let bytes = std::fs::read(&truncated).unwrap();
     std::fs::write(&truncated, &bytes[..bytes.len() - 7]).unwrap();
-    check(&["fit", "--data", data.to_str().unwrap(), "--out", o], "not a multiple of the 3073-byte");
+    check(
+        &["fit", "--data", data.to_str().unwrap(), "--out", o],
+        "not a multiple of the 3073-byte",
+    );
     std::fs::remove_file(data.join("data_batch_2.bin")).unwrap();
-    check(&["data", "--data", data.to_str().unwrap()], "data_batch_2.bin is missing");
-    check(&["eval", "--run", tmp.path().to_str().unwrap()], "is not a run folder");
+    check(
+        &["data", "--data", data.to_str().unwrap()],
+        "data_batch_2.bin is missing",
+    );
+    check(
+        &["eval", "--run", tmp.path().to_str().unwrap()],
+        "is not a run folder",
+    );
 }
 
 #[test]
 fn data_command_reports_counts_and_statistics() {
     let (_tmp, data) = dataset();
-    let report = json(&ok(&["data", "--data", data.to_str().unwrap(), "--val-size", "100", "--json"]));
+    let report = json(&ok(&[
+        "data",
+        "--data",
+        data.to_str().unwrap(),
+        "--val-size",
+        "100",
+        "--json",
+    ]));
     assert_eq!(report["splits"]["train"]["images"], 200);
     assert_eq!(report["splits"]["val"]["images"], 100);
     assert_eq!(report["splits"]["test"]["images"], 30);
     assert_eq!(report["splits"]["train"]["per_class"][0], 20);
     assert_eq!(report["train_channel_mean"].as_array().unwrap().len(), 3);
-    let text = ok(&["data", "--data", data.to_str().unwrap(), "--val-size", "100"]);
+    let text = ok(&[
+        "data",
+        "--data",
+        data.to_str().unwrap(),
+        "--val-size",
+        "100",
+    ]);
     assert!(text.contains("training-split channel mean"), "{text}");
 }
 
@@ -232,17 +383,51 @@ fn data_command_reports_counts_and_statistics() {
 fn init_stats_reproduces_the_lecture() {
     let tmp = tempfile::tempdir().unwrap();
     let png = tmp.path().join("h.png");
-    let text = ok(&["init-stats", "--layers", "4", "--width", "200", "--samples", "300", "--png", png.to_str().unwrap()]);
+    let text = ok(&[
+        "init-stats",
+        "--layers",
+        "4",
+        "--width",
+        "200",
+        "--samples",
+        "300",
+        "--png",
+        png.to_str().unwrap(),
+    ]);
     assert!(text.contains("hidden layer 3 had mean"), "{text}");
     assert!(png.is_file());
-    let layers = json(&ok(&["init-stats", "--layers", "4", "--width", "200", "--samples", "300", "--init", "xavier", "--png", png.to_str().unwrap(), "--json"]));
+    let layers = json(&ok(&[
+        "init-stats",
+        "--layers",
+        "4",
+        "--width",
+        "200",
+        "--samples",
+        "300",
+        "--init",
+        "xavier",
+        "--png",
+        png.to_str().unwrap(),
+        "--json",
+    ]));
     let layers = layers.as_array().unwrap();
     assert_eq!(layers.len(), 4);
     for l in layers {
         let std = l["std"].as_f64().unwrap();
         assert!(std > 0.1 && std < 1.0, "xavier tanh std {std}");
     }
-    let small = json(&ok(&["init-stats", "--layers", "4", "--width", "200", "--samples", "300", "--png", png.to_str().unwrap(), "--json"]));
+    let small = json(&ok(&[
+        "init-stats",
+        "--layers",
+        "4",
+        "--width",
+        "200",
+        "--samples",
+        "300",
+        "--png",
+        png.to_str().unwrap(),
+        "--json",
+    ]));
     assert!(small[3]["std"].as_f64().unwrap() < 0.01, "{small}");
 }
 
@@ -258,4 +443,89 @@ fn diverging_run_stops_with_advice() {
     let err = stderr(&out);
     assert!(err.contains("training diverged"), "{err}");
     assert!(err.contains("Lower the learning rate"), "{err}");
+}
+
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_same_run() {
+    let (tmp, data) = dataset();
+    let d = data.to_str().unwrap();
+    let straight = tmp.path().join("straight");
+    let a = json(&ok(&small_fit(
+        d,
+        straight.to_str().unwrap(),
+        "flex",
+        "100",
+    )));
+
+    let stopped = tmp.path().join("stopped");
+    let s = stopped.to_str().unwrap();
+    let child = Command::new(TRAIN)
+        .args(small_fit(d, s, "flex", "100"))
+        .env_remove("CIFAR10_DIR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first step, then press Ctrl-C.
+    let metrics = stopped.join("metrics.csv");
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&metrics).is_ok_and(|m| m.contains("\nstep,")) {
+        assert!(start.elapsed().as_secs() < 120, "no step was logged");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the interrupted run exited 0");
+    let err = stderr(&out);
+    assert!(err.contains("interrupted at step"), "{err}");
+    assert!(err.contains("--resume"), "{err}");
+    assert!(stopped.join("checkpoint/state.json").is_file());
+
+    let b = json(&ok(&["fit", "--data", d, "--out", s, "--resume", "--json"]));
+    assert_eq!(a["epochs"], b["epochs"]);
+    assert_eq!(a["val_accuracy"], b["val_accuracy"]);
+    let (la, lb) = (
+        a["final_training_loss"].as_f64().unwrap(),
+        b["final_training_loss"].as_f64().unwrap(),
+    );
+    assert!((la - lb).abs() < 1e-5 * la.abs().max(1.0), "{la} vs {lb}");
+    let rows = |p: &Path| {
+        std::fs::read_to_string(p.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    assert_eq!(rows(&straight), rows(&stopped));
+}
+
+/// `fit` on wgpu (in CI, Mesa's software Vulkan driver); skipped where no
+/// adapter exists unless `CIFAR_BURN_REQUIRE_WGPU` is set.
+#[cfg(feature = "wgpu")]
+#[test]
+fn fit_on_wgpu() {
+    let (tmp, data) = dataset();
+    let out = tmp.path().join("run");
+    let result = run(&small_fit(
+        data.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "gpu",
+        "1",
+    ));
+    let err = stderr(&result);
+    if !result.status.success()
+        && err.contains("no usable GPU adapter")
+        && std::env::var_os("CIFAR_BURN_REQUIRE_WGPU").is_none()
+    {
+        eprintln!("skipping: {err}");
+        return;
+    }
+    assert!(result.status.success(), "{}\n{err}", stdout(&result));
+    let summary = json(&stdout(&result));
+    assert_eq!(summary["epochs"], 1);
+    assert!(summary["final_training_loss"].as_f64().unwrap().is_finite());
+    check_run_folder(&out);
 }

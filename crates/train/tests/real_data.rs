@@ -45,11 +45,21 @@ fn two_layer_net_beats_35_percent_after_one_epoch() {
         FitOptions {
             resume: false,
             interrupt: Arc::new(AtomicBool::new(false)),
-            progress: Progress { to_stderr: true, bars: false },
+            progress: Progress {
+                to_stderr: true,
+                bars: false,
+            },
             observers: Vec::new(),
         },
     )
     .unwrap();
-    eprintln!("two-layer net, one epoch: val accuracy {:.4}", summary.val_accuracy);
-    assert!(summary.val_accuracy > 0.35, "val accuracy {}", summary.val_accuracy);
+    eprintln!(
+        "two-layer net, one epoch: val accuracy {:.4}",
+        summary.val_accuracy
+    );
+    assert!(
+        summary.val_accuracy > 0.35,
+        "val accuracy {}",
+        summary.val_accuracy
+    );
 }
