@@ -353,28 +353,46 @@ impl FittedPreprocessing {
             "pixels must hold whole images"
         );
         let n = pixels.len() / IMAGE_BYTES;
-        let mut scaled: Vec<f32> = pixels.iter().map(|&p| p as f32 / 255.0).collect();
         match self.method {
-            Preprocessing::None => scaled,
-            Preprocessing::ChannelMean | Preprocessing::Standardize => {
-                for image in scaled.chunks_exact_mut(IMAGE_BYTES) {
-                    for (c, channel) in image.chunks_exact_mut(PIXELS_PER_CHANNEL).enumerate() {
-                        let m = self.mean[c];
+            Preprocessing::None | Preprocessing::ChannelMean | Preprocessing::Standardize => {
+                // One 256-entry table per channel: value = (p / 255 - mean) * scale.
+                let tables: Vec<[f32; 256]> = (0..CHANNELS)
+                    .map(|c| {
+                        let m = self.mean.get(c).copied().unwrap_or(0.0);
                         let s = self.scale.get(c).copied().unwrap_or(1.0);
-                        channel.iter_mut().for_each(|v| *v = (*v - m) * s);
-                    }
+                        std::array::from_fn(|p| (p as f32 / 255.0 - m) * s)
+                    })
+                    .collect();
+                let mut out = vec![0f32; pixels.len()];
+                // Consecutive 1024-value planes cycle through R, G, B.
+                for (i, (dst, src)) in out
+                    .chunks_exact_mut(PIXELS_PER_CHANNEL)
+                    .zip(pixels.chunks_exact(PIXELS_PER_CHANNEL))
+                    .enumerate()
+                {
+                    let table = &tables[i % CHANNELS];
+                    dst.iter_mut()
+                        .zip(src)
+                        .for_each(|(d, &p)| *d = table[p as usize]);
                 }
-                scaled
+                out
             }
             Preprocessing::MeanImage => {
-                for image in scaled.chunks_exact_mut(IMAGE_BYTES) {
-                    image.iter_mut().zip(&self.mean).for_each(|(v, m)| *v -= m);
+                let mut out = vec![0f32; pixels.len()];
+                for (dst, src) in out
+                    .chunks_exact_mut(IMAGE_BYTES)
+                    .zip(pixels.chunks_exact(IMAGE_BYTES))
+                {
+                    for ((d, &p), m) in dst.iter_mut().zip(src).zip(&self.mean) {
+                        *d = p as f32 / 255.0 - m;
+                    }
                 }
-                scaled
+                out
             }
             Preprocessing::Pca { .. }
             | Preprocessing::PcaWhiten { .. }
             | Preprocessing::Zca { .. } => {
+                let mut scaled: Vec<f32> = pixels.iter().map(|&p| p as f32 / 255.0).collect();
                 for image in scaled.chunks_exact_mut(IMAGE_BYTES) {
                     image.iter_mut().zip(&self.mean).for_each(|(v, m)| *v -= m);
                 }
