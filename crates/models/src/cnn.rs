@@ -4,6 +4,7 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 
+use crate::layers::dense_stack;
 use crate::{ActivationConfig, ConvBlock, DenseBlock, Init, LayerActivations};
 
 /// One stage: convolutions, then an optional 2x2 max pool, then an optional
@@ -183,27 +184,19 @@ impl CnnConfig {
                 residual,
             });
         }
-        let mut features = match self.pooling {
+        let features = match self.pooling {
             HeadPooling::Flatten => channels * size * size,
             _ => channels,
         };
-        let hidden = self
-            .head_hidden
-            .iter()
-            .map(|&units| {
-                let b = DenseBlock::new(
-                    features,
-                    units,
-                    &self.activation,
-                    &self.init,
-                    self.batch_norm,
-                    0.0,
-                    device,
-                );
-                features = units;
-                b
-            })
-            .collect();
+        let (hidden, features) = dense_stack(
+            features,
+            &self.head_hidden,
+            &self.activation,
+            &self.init,
+            self.batch_norm,
+            0.0,
+            device,
+        );
         Cnn {
             stages,
             pooling: self.pooling,

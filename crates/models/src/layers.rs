@@ -75,6 +75,30 @@ impl DenseBlock {
     }
 }
 
+/// Hidden layers of `sizes` units on top of `inputs` features; returns them
+/// and the width of the last one (`inputs` when `sizes` is empty).
+pub(crate) fn dense_stack(
+    inputs: usize,
+    sizes: &[usize],
+    activation: &ActivationConfig,
+    init: &Init,
+    batch_norm: bool,
+    dropout: f64,
+    device: &Device,
+) -> (Vec<DenseBlock>, usize) {
+    let mut width = inputs;
+    let blocks = sizes
+        .iter()
+        .map(|&units| {
+            let block =
+                DenseBlock::new(width, units, activation, init, batch_norm, dropout, device);
+            width = units;
+            block
+        })
+        .collect();
+    (blocks, width)
+}
+
 /// A same-padded Conv2d, then batch norm (optional), then activation.
 #[derive(Module, Debug)]
 pub struct ConvBlock {

@@ -41,5 +41,5 @@ pub use cnn::{Cnn, CnnConfig, HeadPooling, StageConfig};
 pub use init::Init;
 pub use layers::{ConvBlock, DenseBlock};
 pub use mlp::{Mlp, MlpConfig};
-pub use model::{Model, ModelConfig};
+pub use model::{LayerSettings, Model, ModelConfig};
 pub use observe::{ActivationStats, Histogram, LayerActivations};

@@ -3,6 +3,7 @@
 use burn::nn::Linear;
 use burn::prelude::*;
 
+use crate::layers::dense_stack;
 use crate::{ActivationConfig, DenseBlock, Init, LayerActivations};
 
 /// Configuration of an [`Mlp`]: `input -> hidden... -> classes`.
@@ -50,24 +51,15 @@ impl MlpConfig {
             "hidden sizes must be positive, got {:?}",
             self.hidden_sizes
         );
-        let mut inputs = self.input_size;
-        let hidden = self
-            .hidden_sizes
-            .iter()
-            .map(|&units| {
-                let block = DenseBlock::new(
-                    inputs,
-                    units,
-                    &self.activation,
-                    &self.init,
-                    self.batch_norm,
-                    self.dropout,
-                    device,
-                );
-                inputs = units;
-                block
-            })
-            .collect();
+        let (hidden, inputs) = dense_stack(
+            self.input_size,
+            &self.hidden_sizes,
+            &self.activation,
+            &self.init,
+            self.batch_norm,
+            self.dropout,
+            device,
+        );
         Mlp {
             hidden,
             output: self.init.linear(inputs, self.classes, device),

@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use burn::prelude::*;
 
-use crate::{Cnn, CnnConfig, LayerActivations, Mlp, MlpConfig};
+use crate::{ActivationConfig, Cnn, CnnConfig, Init, LayerActivations, Mlp, MlpConfig};
 
 /// An MLP or a CNN configuration.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -62,6 +62,40 @@ impl FromStr for ModelConfig {
                 "unknown model '{s}': expected mlp, two-layer, three-layer, small-cnn, cnn, vgg or resnet9"
             )
         })
+    }
+}
+
+/// The settings that every layer of either network shares, borrowed from a
+/// [`ModelConfig`] to read or change them in one place.
+#[derive(Debug)]
+pub struct LayerSettings<'a> {
+    /// The activation of every hidden layer.
+    pub activation: &'a mut ActivationConfig,
+    /// The weight initialization.
+    pub init: &'a mut Init,
+    /// Batch norm before each activation.
+    pub batch_norm: &'a mut bool,
+    /// Dropout probability.
+    pub dropout: &'a mut f64,
+}
+
+impl ModelConfig {
+    /// The shared layer settings of this configuration.
+    pub fn layer_settings(&mut self) -> LayerSettings<'_> {
+        match self {
+            ModelConfig::Mlp(m) => LayerSettings {
+                activation: &mut m.activation,
+                init: &mut m.init,
+                batch_norm: &mut m.batch_norm,
+                dropout: &mut m.dropout,
+            },
+            ModelConfig::Cnn(c) => LayerSettings {
+                activation: &mut c.activation,
+                init: &mut c.init,
+                batch_norm: &mut c.batch_norm,
+                dropout: &mut c.dropout,
+            },
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use cifar_data::Preprocessing;
-use cifar_models::{ActivationConfig, CnnConfig, Init, ModelConfig, StageConfig};
+use cifar_models::{ActivationConfig, Init, ModelConfig, StageConfig};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Backend, LrSchedule, OptimizerKind, TrainConfig};
@@ -299,36 +299,18 @@ impl FitArgs {
                 "--hidden must be positive sizes, got {hidden:?}"
             );
         }
-        match &mut c.model {
-            ModelConfig::Mlp(m) => {
-                if let Some(a) = self.activation {
-                    m.activation = a;
-                }
-                if let Some(i) = self.init {
-                    m.init = i;
-                }
-                if let Some(b) = self.batch_norm {
-                    m.batch_norm = b;
-                }
-                if let Some(d) = self.dropout {
-                    m.dropout = d;
-                }
-            }
-            ModelConfig::Cnn(m) => {
-                let m: &mut CnnConfig = m;
-                if let Some(a) = self.activation {
-                    m.activation = a;
-                }
-                if let Some(i) = self.init {
-                    m.init = i;
-                }
-                if let Some(b) = self.batch_norm {
-                    m.batch_norm = b;
-                }
-                if let Some(d) = self.dropout {
-                    m.dropout = d;
-                }
-            }
+        let layers = c.model.layer_settings();
+        if let Some(a) = self.activation {
+            *layers.activation = a;
+        }
+        if let Some(i) = self.init {
+            *layers.init = i;
+        }
+        if let Some(b) = self.batch_norm {
+            *layers.batch_norm = b;
+        }
+        if let Some(d) = self.dropout {
+            *layers.dropout = d;
         }
         if let Some(p) = self.preprocess {
             c.preprocess = p;

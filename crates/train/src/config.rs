@@ -220,10 +220,7 @@ impl TrainConfig {
                 self.preprocess
             ));
         }
-        let dropout = match &self.model {
-            ModelConfig::Mlp(m) => m.dropout,
-            ModelConfig::Cnn(c) => c.dropout,
-        };
+        let dropout = *self.model.clone().layer_settings().dropout;
         if !(0.0..1.0).contains(&dropout) {
             return Err(format!("--dropout must be in [0, 1), got {dropout}"));
         }

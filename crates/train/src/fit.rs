@@ -216,7 +216,18 @@ pub fn fit(
             let logits = model.forward(batch.images);
             let loss = loss_fn.forward(logits, batch.targets);
             let loss_value = loss.clone().into_scalar::<f32>() as f64;
-            let initial = *state.initial_loss.get_or_insert(loss_value);
+            let initial = match state.initial_loss {
+                Some(initial) => initial,
+                None => {
+                    // The lecture's first sanity check: with small weights the
+                    // softmax is near uniform, so the loss starts near ln(classes).
+                    options.progress.line(&format!(
+                        "loss at initialization: {loss_value:.4} (ln 10 = {:.4} is what a uniform guess over 10 classes scores)",
+                        10f64.ln()
+                    ));
+                    *state.initial_loss.insert(loss_value)
+                }
+            };
             if !loss_value.is_finite() || loss_value > 3.0 * initial {
                 bail!(
                     "training diverged at step {} of epoch {}: the loss is {loss_value:.4}, more than 3 times its initial {initial:.4}. \
@@ -289,6 +300,7 @@ pub fn fit(
         };
         options.progress.epoch_line(&summary, config.epochs);
         metrics.epoch(&summary, state.iteration)?;
+        metrics.plot(run)?;
         if state
             .best_val_accuracy
             .is_none_or(|best| val.accuracy > best)
@@ -329,6 +341,8 @@ pub fn fit(
 /// `metrics.csv`: one row per step (loss, lr) and one per epoch (accuracies).
 struct Metrics {
     file: std::fs::File,
+    /// Every step's loss so far, for `loss.png`.
+    losses: Vec<f64>,
 }
 
 const METRICS_HEADER: &str =
@@ -338,6 +352,7 @@ impl Metrics {
     /// Opens the file; when resuming, drops the rows past the checkpoint's step.
     fn open(run: &RunDir, resume: bool, iteration: usize) -> Result<Self> {
         let path = run.file("metrics.csv");
+        let mut losses = Vec::new();
         let mut kept = String::from(METRICS_HEADER);
         kept.push('\n');
         if resume && let Ok(text) = std::fs::read_to_string(&path) {
@@ -348,6 +363,14 @@ impl Metrics {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(usize::MAX);
                 if step <= iteration {
+                    if line.starts_with("step,") {
+                        losses.push(
+                            line.split(',')
+                                .nth(3)
+                                .and_then(|v| v.parse().ok())
+                                .unwrap_or(f64::NAN),
+                        );
+                    }
                     kept.push_str(line);
                     kept.push('\n');
                 }
@@ -358,10 +381,11 @@ impl Metrics {
             .append(true)
             .open(&path)
             .with_context(|| format!("cannot append to {}", path.display()))?;
-        Ok(Self { file })
+        Ok(Self { file, losses })
     }
 
     fn iteration(&mut self, s: &StepInfo) -> Result<()> {
+        self.losses.push(s.loss);
         // Iteration rows count steps from 1, so the epoch row after step k also reads k.
         writeln!(
             self.file,
@@ -390,6 +414,11 @@ impl Metrics {
         )?;
         self.file.flush()?;
         Ok(())
+    }
+
+    /// Draws the loss of every step so far (and its running mean) to `loss.png`.
+    fn plot(&self, run: &RunDir) -> Result<()> {
+        crate::plot::curve_png(&self.losses, 50, &run.file("loss.png"))
     }
 }
 

@@ -62,6 +62,79 @@ pub fn histograms_png(rows: &[Vec<u64>], path: &Path) -> Result<()> {
     save(&img, path)
 }
 
+/// A curve of `values` (for example the loss at every step) scaled to fill a
+/// 640x320 frame, a thin line per step, and a thick one for the running mean
+/// over `smooth` steps.
+pub fn curve_png(values: &[f64], smooth: usize, path: &Path) -> Result<()> {
+    const W: u32 = 640;
+    const H: u32 = 320;
+    const PAD: u32 = 10;
+    let mut img = RgbImage::from_pixel(W, H, BACKGROUND);
+    for x in PAD..W - PAD {
+        img.put_pixel(x, H - PAD, AXIS);
+    }
+    for y in PAD..=H - PAD {
+        img.put_pixel(PAD, y, AXIS);
+    }
+    let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    if finite.len() >= 2 {
+        let (lo, hi) = finite
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+        let span = (hi - lo).max(1e-12);
+        let point = |i: usize, v: f64| {
+            let x = PAD
+                + 1
+                + ((i as f64 / (finite.len() - 1) as f64) * (W - 2 * PAD - 2) as f64) as u32;
+            let y = H - PAD - 1 - (((v - lo) / span) * (H - 2 * PAD - 2) as f64) as u32;
+            (x, y)
+        };
+        let raw: Vec<(u32, u32)> = finite
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| point(i, v))
+            .collect();
+        draw_polyline(&mut img, &raw, Rgb([170, 190, 220]), 0);
+        let k = smooth.max(1);
+        let mut sum = 0.0;
+        let mean: Vec<(u32, u32)> = finite
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                sum += v;
+                if i >= k {
+                    sum -= finite[i - k];
+                }
+                point(i, sum / (i + 1).min(k) as f64)
+            })
+            .collect();
+        draw_polyline(&mut img, &mean, BAR, 1);
+    }
+    save(&img, path)
+}
+
+/// Straight segments between consecutive points, `radius` pixels thick.
+fn draw_polyline(img: &mut RgbImage, points: &[(u32, u32)], color: Rgb<u8>, radius: i64) {
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    for pair in points.windows(2) {
+        let (x0, y0) = (pair[0].0 as i64, pair[0].1 as i64);
+        let (x1, y1) = (pair[1].0 as i64, pair[1].1 as i64);
+        let steps = (x1 - x0).abs().max((y1 - y0).abs()).max(1);
+        for t in 0..=steps {
+            let x = x0 + (x1 - x0) * t / steps;
+            let y = y0 + (y1 - y0) * t / steps;
+            for dy in -radius..=radius {
+                for dx in -radius..=radius {
+                    let (px, py) = (x + dx, y + dy);
+                    if px >= 0 && py >= 0 && px < w && py < h {
+                        img.put_pixel(px as u32, py as u32, color);
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn save(img: &RgbImage, path: &Path) -> Result<()> {
     let tmp = path.with_extension("tmp.png");
     img.save(&tmp)
@@ -85,6 +158,23 @@ mod tests {
         let empty = img.get_pixel(5, 15)[0];
         assert!(dark < light && light < empty, "{dark} {light} {empty}");
         assert_eq!(empty, 255);
+    }
+
+    #[test]
+    fn curve_goes_down_with_the_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loss.png");
+        curve_png(&[2.3, 2.0, 1.5, 1.0], 1, &path).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        let row_of = |x: u32| (0..320).find(|&y| *img.get_pixel(x, y) == BAR).unwrap();
+        // Highest value at the top left, lowest at the bottom right.
+        assert!(
+            row_of(12) < row_of(320) && row_of(320) < row_of(627),
+            "{} {} {}",
+            row_of(12),
+            row_of(320),
+            row_of(627)
+        );
     }
 
     #[test]

@@ -84,6 +84,24 @@ fn small_fit<'a>(data: &'a str, out: &'a str, backend: &'a str, epochs: &'a str)
     ]
 }
 
+/// Two runs that must have ended alike: the same accuracy, loss and metrics rows.
+fn assert_same_run(a: &Value, b: &Value, dir_a: &Path, dir_b: &Path) {
+    assert_eq!(a["epochs"], b["epochs"]);
+    assert_eq!(a["val_accuracy"], b["val_accuracy"]);
+    let (la, lb) = (
+        a["final_training_loss"].as_f64().unwrap(),
+        b["final_training_loss"].as_f64().unwrap(),
+    );
+    assert!((la - lb).abs() < 1e-5 * la.abs().max(1.0), "{la} vs {lb}");
+    let rows = |p: &Path| {
+        std::fs::read_to_string(p.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    assert_eq!(rows(dir_a), rows(dir_b));
+}
+
 fn check_run_folder(run: &Path) {
     for file in [
         "config.json",
@@ -94,6 +112,7 @@ fn check_run_folder(run: &Path) {
         "checkpoint/model.bpk",
         "checkpoint/optimizer.bpk",
         "checkpoint/state.json",
+        "loss.png",
     ] {
         assert!(
             run.join(file).is_file(),
@@ -213,19 +232,7 @@ fn resume_gives_the_same_final_metrics() {
         "fit", "--data", d, "--out", r, "--resume", "--epochs", "2", "--json",
     ]));
     assert_eq!(b["epochs"], 2);
-    assert_eq!(a["val_accuracy"], b["val_accuracy"]);
-    let (la, lb) = (
-        a["final_training_loss"].as_f64().unwrap(),
-        b["final_training_loss"].as_f64().unwrap(),
-    );
-    assert!((la - lb).abs() < 1e-5 * la.abs().max(1.0), "{la} vs {lb}");
-    let rows = |p: &Path| {
-        std::fs::read_to_string(p.join("metrics.csv"))
-            .unwrap()
-            .lines()
-            .count()
-    };
-    assert_eq!(rows(&straight), rows(&resumed));
+    assert_same_run(&a, &b, &straight, &resumed);
 }
 
 #[test]
@@ -486,20 +493,7 @@ fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_same_run() {
     assert!(stopped.join("checkpoint/state.json").is_file());
 
     let b = json(&ok(&["fit", "--data", d, "--out", s, "--resume", "--json"]));
-    assert_eq!(a["epochs"], b["epochs"]);
-    assert_eq!(a["val_accuracy"], b["val_accuracy"]);
-    let (la, lb) = (
-        a["final_training_loss"].as_f64().unwrap(),
-        b["final_training_loss"].as_f64().unwrap(),
-    );
-    assert!((la - lb).abs() < 1e-5 * la.abs().max(1.0), "{la} vs {lb}");
-    let rows = |p: &Path| {
-        std::fs::read_to_string(p.join("metrics.csv"))
-            .unwrap()
-            .lines()
-            .count()
-    };
-    assert_eq!(rows(&straight), rows(&stopped));
+    assert_same_run(&a, &b, &straight, &stopped);
 }
 
 /// `fit` on wgpu (in CI, Mesa's software Vulkan driver); skipped where no
