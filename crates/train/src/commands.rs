@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use cifar_data::{CLASSES, IMAGE_BYTES, Preprocessing, SplitConfig};
-use cifar_models::{ActivationStats, MlpConfig};
+use cifar_models::{ActivationStats, Histogram, MlpConfig};
 use serde_json::json;
 
 use crate::cli::{BenchArgs, DataArgs, EvalArgs, FitArgs, InitStatsArgs, PredictArgs};
@@ -328,16 +328,29 @@ pub fn init_stats_command(args: &InitStatsArgs) -> Result<()> {
         .init(&device);
     let (_, layers) = mlp.forward_observed(input.clone());
     let input_stats = ActivationStats::of_tensor(input, None, 1);
-    let mut rows = Vec::new();
-    let mut report = Vec::new();
     if !args.json {
         println!(
             "input layer had mean {:.6} and std {:.6}",
             input_stats.mean, input_stats.std
         );
     }
-    for (i, layer) in layers.into_iter().enumerate() {
-        let s = ActivationStats::of_tensor(layer.post, args.activation.saturation_band(), 30);
+    let values: Vec<Vec<f32>> = layers
+        .into_iter()
+        .map(|l| l.post.into_data().try_into_vec_as::<f32>().expect("floats"))
+        .collect();
+    // One range for every layer, as in the lecture's plots, so that a
+    // collapsing or saturating distribution shows as such.
+    let (lo, hi) = values
+        .iter()
+        .flatten()
+        .fold((f64::MAX, f64::MIN), |(a, b), &v| {
+            (a.min(v as f64), b.max(v as f64))
+        });
+    let mut rows = Vec::new();
+    let mut report = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        let mut s = ActivationStats::of(v, args.activation.saturation_band(), 30);
+        s.histogram = Histogram::new(v, 30, lo, hi);
         if !args.json {
             println!(
                 "hidden layer {} had mean {:.6} and std {:.6} ({:.1}% zero, {:.1}% saturated)",
@@ -354,12 +367,13 @@ pub fn init_stats_command(args: &InitStatsArgs) -> Result<()> {
             "saturated_fraction": s.saturated_fraction, "histogram": s.histogram,
         }));
     }
-    plot::histograms_png(&rows, &args.png)?;
+    let zero = (lo < 0.0 && hi > 0.0).then(|| -lo / (hi - lo));
+    plot::histograms_png(&rows, zero, &args.png)?;
     if args.json {
         println!("{}", serde_json::Value::Array(report));
     } else {
         println!(
-            "histograms (one row per layer, each over its own range): {}",
+            "histograms (one row per layer, all over [{lo:.3}, {hi:.3}], a tick under 0): {}",
             args.png.display()
         );
     }

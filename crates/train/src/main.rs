@@ -5,6 +5,19 @@ use cifar_train::commands;
 use clap::Parser;
 
 fn main() {
+    // `train ... | head` closes the pipe early: end quietly rather than panic.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .unwrap_or_default();
+        if message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default_hook(info);
+    }));
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Fit(args) => commands::fit_command(args),

@@ -35,8 +35,9 @@ pub fn confusion_png(matrix: &[Vec<u64>], cell: u32, path: &Path) -> Result<()> 
 }
 
 /// One histogram per row (for example one per layer), each bar's height
-/// relative to the row's tallest; rows share no scale.
-pub fn histograms_png(rows: &[Vec<u64>], path: &Path) -> Result<()> {
+/// relative to the row's tallest; `zero`, the fraction of the width where
+/// the value 0 lies, gets a tick under each row's axis.
+pub fn histograms_png(rows: &[Vec<u64>], zero: Option<f64>, path: &Path) -> Result<()> {
     const ROW_HEIGHT: u32 = 60;
     const BAR_WIDTH: u32 = 8;
     let bins = rows.iter().map(Vec::len).max().unwrap_or(1) as u32;
@@ -48,6 +49,12 @@ pub fn histograms_png(rows: &[Vec<u64>], path: &Path) -> Result<()> {
         let base = top + ROW_HEIGHT;
         for x in 10..width - 10 {
             img.put_pixel(x, base, AXIS);
+        }
+        if let Some(z) = zero {
+            let x = 10 + (z * (bins * BAR_WIDTH) as f64).round() as u32;
+            for y in base..(base + 5).min(img.height()) {
+                img.put_pixel(x.min(width - 1), y, AXIS);
+            }
         }
         let max = counts.iter().copied().max().unwrap_or(0).max(1) as f64;
         for (b, &count) in counts.iter().enumerate() {
@@ -181,7 +188,7 @@ mod tests {
     fn histogram_bars_scale_with_counts() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("h.png");
-        histograms_png(&[vec![1, 4, 2]], &path).unwrap();
+        histograms_png(&[vec![1, 4, 2]], Some(0.5), &path).unwrap();
         let img = image::open(&path).unwrap().to_rgb8();
         let filled = |b: u32| {
             (0..60)
