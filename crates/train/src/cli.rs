@@ -72,8 +72,8 @@ pub struct FitArgs {
     /// zeros, small (N(0, 0.01²)), large (N(0, 1)), gaussian:STD, xavier, he, glorot-uniform, kaiming-uniform
     #[arg(long, value_name = "NAME")]
     pub init: Option<Init>,
-    /// Batch norm between each affine/conv layer and its activation: true or false
-    #[arg(long, value_name = "BOOL")]
+    /// Batch norm between each affine/conv layer and its activation (`--batch-norm` alone means true)
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub batch_norm: Option<bool>,
     /// Dropout probability
     #[arg(long, value_name = "P")]
@@ -81,8 +81,8 @@ pub struct FitArgs {
     /// none, mean-image, channel-mean, standardize, pca:K, pca-whiten:K[:EPS], zca[:EPS] [default: standardize]
     #[arg(long, value_name = "METHOD")]
     pub preprocess: Option<Preprocessing>,
-    /// Random crop (4-pixel padding) and horizontal flip of training images: true or false [default: true]
-    #[arg(long, value_name = "BOOL")]
+    /// Random crop (4-pixel padding) and horizontal flip of training images (`--augment` alone means true) [default: true]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub augment: Option<bool>,
     /// sgd, momentum, nesterov, adam, adamw, rmsprop [default: nesterov]
     #[arg(long, value_name = "NAME")]

@@ -19,6 +19,9 @@ use crate::{backend, dataset, plot};
 
 /// `train fit`.
 pub fn fit_command(args: &FitArgs) -> Result<()> {
+    if args.resume && args.out.is_none() {
+        bail!("--resume continues the run in --out DIR: pass the folder of the run to continue");
+    }
     let out = args.out.clone().unwrap_or_else(default_run_dir);
     let base = if args.resume {
         Some(RunDir::open(&out).context("--resume")?.load_config()?)

@@ -202,6 +202,7 @@ fn fit_default_cnn_with_augmentation() {
         out.to_str().unwrap(),
         "--channels",
         "4,8",
+        "--batch-norm",
         "--epochs",
         "1",
         "--batch-size",
@@ -216,6 +217,11 @@ fn fit_default_cnn_with_augmentation() {
     assert_eq!(config["preprocess"]["method"], "standardize");
     assert_eq!(config["optimizer"], "nesterov");
     assert!(config["augment"].is_object());
+    assert_eq!(config["model"]["cnn"]["batch_norm"], true);
+    assert_eq!(
+        config["model"]["cnn"]["stages"][1]["widths"],
+        serde_json::json!([8, 8])
+    );
 }
 
 #[test]
@@ -306,6 +312,10 @@ fn invalid_flag_values_fail_cleanly() {
             "a CNN cannot take",
         ),
         (&["--val-size", "400"], "--val-size"),
+        (
+            &["--batch-norm", "maybe"],
+            "invalid value 'maybe' for '--batch-norm",
+        ),
         (
             &["--val-size", "50", "--train-size", "5000"],
             "invalid training size (--train-size): 5000 asked",
