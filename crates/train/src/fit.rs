@@ -172,6 +172,7 @@ pub fn fit(
         initial_loss: None,
         best_val_accuracy: None,
         seconds: 0.0,
+        epoch_loss_sum: 0.0,
     };
     if options.resume {
         let (m, o, s) = run.load_checkpoint(model, optim)?;
@@ -202,7 +203,7 @@ pub fn fit(
         let epoch = state.epoch;
         let batches = order.batches(epoch, config.batch_size);
         let epoch_start = Instant::now();
-        let (mut loss_sum, mut steps, mut images) = (0.0, 0usize, 0usize);
+        let mut images = 0usize;
         let mut lr = config.lr_at(state.iteration, total, per_epoch);
         let mut bar =
             options
@@ -254,13 +255,15 @@ pub fn fit(
                 }
             }
             metrics.iteration(&info)?;
-            loss_sum += loss_value;
-            steps += 1;
+            state.epoch_loss_sum += loss_value;
             images += indices.len();
             state.iteration += 1;
             state.batch += 1;
             let elapsed = epoch_start.elapsed().as_secs_f64();
-            bar.step(loss_sum / steps as f64, images as f64 / elapsed.max(1e-9));
+            bar.step(
+                state.epoch_loss_sum / state.batch as f64,
+                images as f64 / elapsed.max(1e-9),
+            );
             if options.interrupt.load(Ordering::SeqCst) {
                 bar.finish();
                 state.seconds = seconds_before + run_start.elapsed().as_secs_f64();
@@ -280,14 +283,11 @@ pub fn fit(
         let eval_model = model.valid();
         let val = evaluate(&eval_model, &data.val, 500, device);
         let train_eval = evaluate_indices(&eval_model, &data.train, &sample, 500, device);
+        last_epoch_loss = state.epoch_loss_sum / state.batch.max(1) as f64;
         state.epoch += 1;
         state.batch = 0;
+        state.epoch_loss_sum = 0.0;
         state.seconds = seconds_before + run_start.elapsed().as_secs_f64();
-        last_epoch_loss = if steps > 0 {
-            loss_sum / steps as f64
-        } else {
-            last_epoch_loss
-        };
         let summary = EpochSummary {
             epoch: state.epoch,
             train_loss: last_epoch_loss,

@@ -38,6 +38,10 @@ pub struct TrainState {
     pub best_val_accuracy: Option<f64>,
     /// Seconds spent training so far.
     pub seconds: f64,
+    /// Sum of the losses of the steps of this epoch done so far (for the
+    /// epoch's mean loss when resuming mid-epoch).
+    #[serde(default)]
+    pub epoch_loss_sum: f64,
 }
 
 /// A run folder.
