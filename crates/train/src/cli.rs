@@ -13,7 +13,7 @@ use crate::config::{Backend, LrSchedule, OptimizerKind, TrainConfig};
 /// Networks I" teaches: activations, preprocessing, initialization, batch
 /// norm, and babysitting the learning process.
 #[derive(Debug, Parser)]
-#[command(name = "train", version, about, long_about = None)]
+#[command(name = "train", version)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -90,7 +90,7 @@ pub struct FitArgs {
     /// Learning rate [default: 0.05]
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Momentum, or Adam's beta1 [default: 0.9]
+    /// Momentum (momentum, nesterov), or Adam's beta1 [default: 0.9]
     #[arg(long)]
     pub momentum: Option<f64>,
     /// L2 regularization strength [default: 5e-4]

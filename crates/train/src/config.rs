@@ -130,7 +130,7 @@ pub struct TrainConfig {
     pub optimizer: OptimizerKind,
     /// The base learning rate.
     pub lr: f64,
-    /// Momentum (momentum, nesterov, rmsprop) or beta1 (adam, adamw).
+    /// Momentum (momentum, nesterov) or beta1 (adam, adamw); sgd and rmsprop ignore it.
     pub momentum: f64,
     /// L2 regularization strength (decoupled weight decay for adamw).
     pub weight_decay: f64,

@@ -6,6 +6,7 @@
 //!   config.json        the full TrainConfig
 //!   preprocess.bin     the fitted preprocessing
 //!   metrics.csv        loss per iteration, accuracies per epoch
+//!   loss.png           the loss curve
 //!   checkpoint/        model.bpk, optimizer.bpk, state.json (latest, for --resume)
 //!   best.bpk           the model with the best validation accuracy
 //!   summary.json       final figures

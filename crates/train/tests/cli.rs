@@ -406,51 +406,31 @@ fn data_command_reports_counts_and_statistics() {
 fn init_stats_reproduces_the_lecture() {
     let tmp = tempfile::tempdir().unwrap();
     let png = tmp.path().join("h.png");
-    let text = ok(&[
-        "init-stats",
-        "--layers",
-        "4",
-        "--width",
-        "200",
-        "--samples",
-        "300",
-        "--png",
-        png.to_str().unwrap(),
-    ]);
+    let init_stats = |extra: &[&str]| {
+        let mut args = vec![
+            "init-stats",
+            "--layers",
+            "4",
+            "--width",
+            "200",
+            "--samples",
+            "300",
+        ];
+        args.extend_from_slice(&["--png", png.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        ok(&args)
+    };
+    let text = init_stats(&[]);
     assert!(text.contains("hidden layer 3 had mean"), "{text}");
     assert!(png.is_file());
-    let layers = json(&ok(&[
-        "init-stats",
-        "--layers",
-        "4",
-        "--width",
-        "200",
-        "--samples",
-        "300",
-        "--init",
-        "xavier",
-        "--png",
-        png.to_str().unwrap(),
-        "--json",
-    ]));
+    let layers = json(&init_stats(&["--init", "xavier", "--json"]));
     let layers = layers.as_array().unwrap();
     assert_eq!(layers.len(), 4);
     for l in layers {
         let std = l["std"].as_f64().unwrap();
         assert!(std > 0.1 && std < 1.0, "xavier tanh std {std}");
     }
-    let small = json(&ok(&[
-        "init-stats",
-        "--layers",
-        "4",
-        "--width",
-        "200",
-        "--samples",
-        "300",
-        "--png",
-        png.to_str().unwrap(),
-        "--json",
-    ]));
+    let small = json(&init_stats(&["--json"]));
     assert!(small[3]["std"].as_f64().unwrap() < 0.01, "{small}");
 }
 
