@@ -65,12 +65,11 @@ pub fn evaluate_indices(
     let mut confusion = vec![vec![0u64; 10]; 10];
     let mut loss_sum = 0.0;
     let mut correct = 0usize;
+    let loss_fn = burn::nn::loss::CrossEntropyLossConfig::new().init(device);
     for chunk in indices.chunks(batch_size.max(1)) {
         let batch = batcher.batch(chunk.to_vec(), device);
         let logits = model.forward(batch.images);
-        let loss = burn::nn::loss::CrossEntropyLossConfig::new()
-            .init(device)
-            .forward(logits.clone(), batch.targets.clone());
+        let loss = loss_fn.forward(logits.clone(), batch.targets.clone());
         loss_sum += loss.into_scalar::<f32>() as f64 * chunk.len() as f64;
         let predicted = logits
             .argmax(1)
