@@ -44,7 +44,13 @@ pub fn fit_command(args: &FitArgs) -> Result<()> {
         data.train.len()
     ));
     let started = Instant::now();
-    let prepared = dataset::prepare(&data, &config.split, &config.preprocess)?;
+    // A resumed run keeps the preprocessing it was fitted with.
+    let saved = if args.resume {
+        Some(RunDir::open(&out)?.load_preprocessing()?)
+    } else {
+        None
+    };
+    let prepared = dataset::prepare(&data, &config.split, &config.preprocess, saved)?;
     progress.line(&format!(
         "{} train / {} val{} images, preprocessing {} fitted in {:.1}s",
         prepared.train.len(),

@@ -38,14 +38,19 @@ pub struct Prepared {
     pub fitted: FittedPreprocessing,
 }
 
-/// Splits `data`, fits `preprocess` on the training split and transforms every split.
+/// Splits `data`, fits `preprocess` on the training split (or reuses
+/// `fitted`, a run's saved preprocessing) and transforms every split.
 pub fn prepare(
     data: &Cifar10,
     split: &SplitConfig,
     preprocess: &Preprocessing,
+    fitted: Option<FittedPreprocessing>,
 ) -> Result<Prepared> {
     let splits = split.split(data)?;
-    let fitted = preprocess.fit(&splits.train)?;
+    let fitted = match fitted {
+        Some(f) if f.method == *preprocess && f.fitted_on == splits.train.len() => f,
+        _ => preprocess.fit(&splits.train)?,
+    };
     Ok(Prepared {
         train: Arc::new(fitted.transform(&splits.train)),
         val: Arc::new(fitted.transform(&splits.val)),

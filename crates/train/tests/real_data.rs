@@ -34,7 +34,7 @@ fn two_layer_net_beats_35_percent_after_one_epoch() {
         ..TrainConfig::default()
     };
     let (_, data) = dataset::load(Some(std::path::Path::new(&dir)), false).unwrap();
-    let prepared = dataset::prepare(&data, &config.split, &config.preprocess).unwrap();
+    let prepared = dataset::prepare(&data, &config.split, &config.preprocess, None).unwrap();
     let out = tempfile::tempdir().unwrap();
     let run = RunDir::create(out.path()).unwrap();
     let summary = fit(
