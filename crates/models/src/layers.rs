@@ -59,20 +59,33 @@ impl DenseBlock {
         input: Tensor<2>,
         observed: Option<(&mut Vec<LayerActivations>, String)>,
     ) -> Tensor<2> {
-        let mut x = self.linear.forward(input);
-        if let Some(norm) = &self.norm {
-            x = norm.forward(x);
-        }
-        let pre = observed.is_some().then(|| x.clone());
-        let mut y = self.activation.forward(x);
-        if let (Some((out, name)), Some(pre)) = (observed, pre) {
-            out.push(LayerActivations::new(name, pre, y.clone()));
-        }
+        let x = self.linear.forward(input);
+        let mut y = norm_then_activate(x, self.norm.as_ref(), &self.activation, observed);
         if let Some(dropout) = &self.dropout {
             y = dropout.forward(y);
         }
         y
     }
+}
+
+/// Batch norm (if any), then the activation; pushes the values before and
+/// after the activation to `observed` when given.
+fn norm_then_activate<const D: usize>(
+    x: Tensor<D>,
+    norm: Option<&BatchNorm>,
+    activation: &Activation,
+    observed: Option<(&mut Vec<LayerActivations>, String)>,
+) -> Tensor<D> {
+    let x = match norm {
+        Some(norm) => norm.forward(x),
+        None => x,
+    };
+    let pre = observed.is_some().then(|| x.clone());
+    let y = activation.forward(x);
+    if let (Some((out, name)), Some(pre)) = (observed, pre) {
+        out.push(LayerActivations::new(name, pre, y.clone()));
+    }
+    y
 }
 
 /// Hidden layers of `sizes` units on top of `inputs` features; returns them
@@ -144,19 +157,7 @@ impl ConvBlock {
         input: Tensor<4>,
         observed: Option<(&mut Vec<LayerActivations>, String)>,
     ) -> Tensor<4> {
-        let mut x = self.conv.forward(input);
-        if let Some(norm) = &self.norm {
-            x = norm.forward(x);
-        }
-        let pre = observed.is_some().then(|| x.clone());
-        let y = self.activation.forward(x);
-        if let (Some((out, name)), Some(pre)) = (observed, pre) {
-            out.push(LayerActivations::new(
-                name,
-                pre.flatten(1, 3),
-                y.clone().flatten(1, 3),
-            ));
-        }
-        y
+        let x = self.conv.forward(input);
+        norm_then_activate(x, self.norm.as_ref(), &self.activation, observed)
     }
 }

@@ -80,6 +80,14 @@ pub struct LayerSettings<'a> {
 }
 
 impl ModelConfig {
+    /// The dropout probability of the network.
+    pub fn dropout(&self) -> f64 {
+        match self {
+            ModelConfig::Mlp(m) => m.dropout,
+            ModelConfig::Cnn(c) => c.dropout,
+        }
+    }
+
     /// The shared layer settings of this configuration.
     pub fn layer_settings(&mut self) -> LayerSettings<'_> {
         match self {

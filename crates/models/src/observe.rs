@@ -19,11 +19,16 @@ pub struct LayerActivations {
 }
 
 impl LayerActivations {
-    pub(crate) fn new(name: String, pre: Tensor<2>, post: Tensor<2>) -> Self {
+    /// Keeps detached copies of `pre` and `post`, flattened to `[N, units]`.
+    pub(crate) fn new<const D: usize>(name: String, pre: Tensor<D>, post: Tensor<D>) -> Self {
+        let flat = |t: Tensor<D>| -> Tensor<2> {
+            let dims = t.dims();
+            t.detach().reshape([dims[0], dims[1..].iter().product()])
+        };
         Self {
             name,
-            pre: pre.detach(),
-            post: post.detach(),
+            pre: flat(pre),
+            post: flat(post),
         }
     }
 }

@@ -220,7 +220,7 @@ impl TrainConfig {
                 self.preprocess
             ));
         }
-        let dropout = *self.model.clone().layer_settings().dropout;
+        let dropout = self.model.dropout();
         if !(0.0..1.0).contains(&dropout) {
             return Err(format!("--dropout must be in [0, 1), got {dropout}"));
         }
