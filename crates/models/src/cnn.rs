@@ -202,7 +202,7 @@ impl CnnConfig {
             pooling: self.pooling,
             hidden,
             dropout: (self.dropout > 0.0).then(|| DropoutConfig::new(self.dropout).init()),
-            output: self.init.linear(features, self.classes, device),
+            output: self.init.output_linear(features, self.classes, device),
             logit_scale: self.logit_scale,
         }
     }

@@ -62,7 +62,7 @@ impl MlpConfig {
         );
         Mlp {
             hidden,
-            output: self.init.linear(inputs, self.classes, device),
+            output: self.init.output_linear(inputs, self.classes, device),
         }
     }
 }

@@ -88,6 +88,36 @@ impl ModelConfig {
         }
     }
 
+    /// Output classes.
+    pub fn classes(&self) -> usize {
+        match self {
+            ModelConfig::Mlp(m) => m.classes,
+            ModelConfig::Cnn(c) => c.classes,
+        }
+    }
+
+    /// Whether the network has kinks, points where its gradient jumps: a
+    /// piecewise-linear activation (ReLU, Leaky ReLU, PReLU, Maxout) or a
+    /// max pool. A finite-difference gradient check that straddles one
+    /// disagrees with the analytic gradient there.
+    pub fn has_kinks(&self) -> bool {
+        let (activation, pools) = match self {
+            ModelConfig::Mlp(m) => (m.activation, false),
+            ModelConfig::Cnn(c) => (
+                c.activation,
+                c.stages.iter().any(|s| s.pool) || c.pooling == crate::HeadPooling::Max,
+            ),
+        };
+        pools
+            || matches!(
+                activation,
+                ActivationConfig::Relu
+                    | ActivationConfig::LeakyRelu { .. }
+                    | ActivationConfig::PRelu { .. }
+                    | ActivationConfig::Maxout { .. }
+            )
+    }
+
     /// The shared layer settings of this configuration.
     pub fn layer_settings(&mut self) -> LayerSettings<'_> {
         match self {

@@ -2,16 +2,18 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{GradientsParams, SgdConfig, momentum::MomentumConfig};
-use burn::prelude::*;
-use cifar_data::{Augmentation, CifarBatcher, EpochOrder, Preprocessing, SplitConfig};
-use cifar_models::ModelConfig;
+use std::path::Path;
 use std::sync::Arc;
 
-use crate::cli::DataSource;
-use crate::config::Backend;
+use anyhow::Result;
+use burn::prelude::*;
+use cifar_data::{Augmentation, CifarBatch, CifarBatcher, EpochOrder, Preprocessing, SplitConfig};
+use cifar_models::ModelConfig;
+
+use crate::config::{Backend, OptimizerKind, TrainConfig};
+use crate::monitor::{LayerMonitor, MonitorSettings};
+use crate::progress::Progress;
+use crate::trainer::{StepInfo, StepObserver, StepOutcome, Trainer};
 
 /// Median of `runs` timings of `f`, in seconds.
 fn time<T>(runs: usize, mut f: impl FnMut() -> T) -> (f64, T) {
@@ -27,8 +29,8 @@ fn time<T>(runs: usize, mut f: impl FnMut() -> T) -> (f64, T) {
 }
 
 /// Loading, statistics, PCA and batch assembly on the real data.
-pub fn data(source: &DataSource) -> Result<()> {
-    let (dir, _) = crate::dataset::load(source.data.as_deref(), source.download)?;
+pub fn data(data: Option<&Path>, download: bool) -> Result<()> {
+    let (dir, _) = crate::dataset::load(data, download)?;
     let (load, data) = time(5, || cifar_data::Cifar10::load(&dir));
     let data = data?;
     println!(
@@ -86,55 +88,107 @@ pub fn data(source: &DataSource) -> Result<()> {
     Ok(())
 }
 
-/// Training steps (forward, cross-entropy, backward, SGD momentum 0.9) on random data.
-pub fn train(model: &ModelConfig, backend: Backend, batch_size: usize, steps: usize) -> Result<()> {
+/// Training steps (forward, cross-entropy, backward, SGD momentum 0.9) on
+/// random data, through the same [`Trainer::step`] as `train fit`; with
+/// `monitor_every`, the layer monitor watches the steps as it does in `fit`.
+pub fn train(
+    model: &ModelConfig,
+    backend: Backend,
+    batch_size: usize,
+    steps: usize,
+    monitor_every: Option<usize>,
+) -> Result<()> {
     anyhow::ensure!(
         steps > 0 && batch_size > 0,
         "--steps and --batch-size must be positive"
     );
-    let device = crate::backend::device(backend)?.autodiff();
-    device.seed(0);
-    let mut net = model.init(&device);
-    let mut optim = SgdConfig::new()
-        .with_momentum(Some(
-            MomentumConfig::new().with_momentum(0.9).with_dampening(0.0),
-        ))
-        .init();
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let device = crate::backend::device(backend)?;
+    let config = TrainConfig {
+        model: model.clone(),
+        optimizer: OptimizerKind::Momentum,
+        lr: 0.01,
+        weight_decay: 0.0,
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(&config, &device);
     let input_dims = match model {
         ModelConfig::Mlp(m) => [m.input_size, 1, 1],
         ModelConfig::Cnn(_) => [3, 32, 32],
     };
     let [c, h, w] = input_dims;
-    let x = Tensor::<4>::random(
-        [batch_size, c, h, w],
-        burn::tensor::Distribution::Normal(0.0, 1.0),
-        &device,
-    );
-    let y = Tensor::<1, Int>::from_data(
-        TensorData::new(
-            (0..batch_size as i64).map(|i| i % 10).collect::<Vec<_>>(),
-            [batch_size],
+    let random_batch = |device: &Device| CifarBatch {
+        images: Tensor::<4>::random(
+            [batch_size, c, h, w],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            device,
         ),
-        &device,
-    );
-    let mut step = |net: cifar_models::Model| {
-        let loss = loss_fn.forward(net.forward(x.clone()), y.clone());
-        let value = loss.clone().into_scalar::<f32>();
-        let grads = GradientsParams::from_grads(loss.backward(), &net);
-        (optim.step(0.01, net, grads), value)
+        targets: Tensor::<1, Int>::from_data(
+            TensorData::new(
+                (0..batch_size as i64).map(|i| i % 10).collect::<Vec<_>>(),
+                [batch_size],
+            ),
+            device,
+        ),
     };
-    for _ in 0..3 {
-        net = step(net).0;
+    let batch = random_batch(trainer.device());
+    let scratch = tempfile_path("layers.csv");
+    let mut monitor = match monitor_every {
+        Some(every) => Some(LayerMonitor::new(
+            MonitorSettings::for_run(
+                // Past the early steps that are all monitored, as in a long epoch.
+                steps.max(1) * 20,
+                Some(every),
+                0,
+                config.model.clone().layer_settings().activation.clone(),
+            ),
+            random_batch(&device).images.slice(0..batch_size.min(64)),
+            &scratch,
+            None,
+            Progress {
+                to_stderr: true,
+                bars: false,
+            },
+        )?),
+        None => None,
+    };
+    let warmup = crate::monitor::EARLY_STEPS;
+    let mut step = |trainer: &mut Trainer, iteration: usize| -> Result<()> {
+        let mut observers: Vec<&mut dyn StepObserver> = Vec::new();
+        if let Some(m) = monitor.as_mut() {
+            observers.push(m);
+        }
+        let info = StepInfo {
+            epoch: 0,
+            iteration,
+            loss: f64::NAN,
+            lr: 0.01,
+        };
+        match trainer.step(batch.clone(), 0.01, info, &mut observers)? {
+            StepOutcome::Updated { .. } => Ok(()),
+            StepOutcome::Diverged(d) => anyhow::bail!("the benchmark diverged: {}", d.describe()),
+        }
+    };
+    // Warm up past the monitor's every-step phase, then time.
+    for i in 0..warmup {
+        step(&mut trainer, i)?;
     }
     let start = Instant::now();
-    for _ in 0..steps {
-        net = step(net).0;
+    for i in 0..steps {
+        step(&mut trainer, warmup + i)?;
     }
     let secs = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&scratch);
+    let monitored = match monitor_every {
+        Some(every) => format!(", layer monitor every {every} steps"),
+        None => String::new(),
+    };
     println!(
-        "{backend} training, batch {batch_size}, {steps} steps after 3 warmup: {:.0} images/s",
+        "{backend} training, batch {batch_size}, {steps} steps after {warmup} warmup{monitored}: {:.0} images/s",
         (steps * batch_size) as f64 / secs
     );
     Ok(())
+}
+
+fn tempfile_path(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("cifar-burn-bench-{}-{name}", std::process::id()))
 }

@@ -1,19 +1,38 @@
-//! The `train` command's library: configuration, the training loop, the run
-//! folder, evaluation and the other subcommands. `main.rs` only parses the
-//! command line and reports errors.
+//! The `train` command's library: everything but the command line.
+//!
+//! - [`trainer`]: one training step ([`Trainer::step`]), shared by every
+//!   command that trains, with [`StepObserver`]s that see the gradients
+//!   and the update.
+//! - [`fit`]: the training loop, and around it the [`callbacks`] (metrics
+//!   log, checkpoints), [`progress`] and the layer [`monitor`].
+//! - [`diagnostics`]: the lecture's sanity checks (`train check`) and the
+//!   learning-rate finder (`train lr-find`).
+//! - [`charts`] and [`report`]: the PNG charts and the run's `report.html`.
+//! - [`config`], [`dataset`], [`evaluate`], [`rundir`], [`backend`],
+//!   [`params`], [`bench`]: configuration, data, evaluation, the run folder,
+//!   devices, named parameters and benchmarks.
+//!
+//! The binary (`src/bin/train`) parses the command line and calls into this
+//! library; the library never depends on it.
 #![warn(missing_docs)]
 
 pub mod backend;
 pub mod bench;
-pub mod cli;
-pub mod commands;
+pub mod callbacks;
+pub mod charts;
 pub mod config;
 pub mod dataset;
+pub mod diagnostics;
 pub mod evaluate;
 pub mod fit;
-pub mod plot;
+pub mod monitor;
+pub mod params;
 pub mod progress;
+pub mod report;
 pub mod rundir;
+pub mod trainer;
 
+pub use callbacks::{Callback, EpochSummary};
 pub use config::{Backend, LrSchedule, OptimizerKind, TrainConfig};
-pub use fit::{EpochSummary, RunSummary, StepInfo, StepObserver};
+pub use fit::{FitOptions, RunStatus, RunSummary};
+pub use trainer::{StepInfo, StepObserver, StepOutcome, Trainer};

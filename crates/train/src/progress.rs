@@ -3,9 +3,11 @@
 
 use std::io::IsTerminal;
 
+use anyhow::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::fit::EpochSummary;
+use crate::callbacks::{Callback, EpochEnd, EpochSummary};
+use crate::trainer::StepInfo;
 
 /// Where progress is reported.
 #[derive(Debug, Clone, Copy)]
@@ -104,6 +106,63 @@ impl EpochBar {
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
+        }
+    }
+}
+
+/// Progress as a training callback: a bar per epoch and a line after it.
+pub struct ProgressReport {
+    progress: Progress,
+    epochs: usize,
+    bar: Option<EpochBar>,
+    images: usize,
+    started: std::time::Instant,
+    batch_size: usize,
+}
+
+impl ProgressReport {
+    /// Reports a run of `epochs` epochs of `batch_size` examples per step.
+    pub fn new(progress: Progress, epochs: usize, batch_size: usize) -> Self {
+        Self {
+            progress,
+            epochs,
+            bar: None,
+            images: 0,
+            started: std::time::Instant::now(),
+            batch_size,
+        }
+    }
+}
+
+impl Callback for ProgressReport {
+    fn on_epoch_start(&mut self, epoch: usize, steps: usize, done: usize) {
+        self.bar = Some(self.progress.epoch_bar(epoch + 1, self.epochs, steps, done));
+        self.images = 0;
+        self.started = std::time::Instant::now();
+    }
+
+    fn on_step(&mut self, _step: &StepInfo, epoch_loss: f64) -> Result<()> {
+        self.images += self.batch_size;
+        let rate = self.images as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        if let Some(bar) = &mut self.bar {
+            bar.step(epoch_loss, rate);
+        }
+        Ok(())
+    }
+
+    fn on_epoch_end(&mut self, end: &EpochEnd<'_>) -> Result<()> {
+        if let Some(bar) = self.bar.take() {
+            bar.finish();
+        }
+        self.progress.epoch_line(end.summary, self.epochs);
+        Ok(())
+    }
+}
+
+impl Drop for ProgressReport {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish();
         }
     }
 }

@@ -1,88 +1,13 @@
 //! The `train` binary end to end, on a generated dataset of a few hundred images.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
 use serde_json::Value;
 
-const TRAIN: &str = env!("CARGO_BIN_EXE_train");
+mod common;
 
-/// A generated CIFAR-10 folder: 5 batches of 60 images, and 30 test images.
-fn dataset() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("cifar-10-batches-bin");
-    cifar_data::synthetic::write_folder(&data, 60, 30, 3).unwrap();
-    (dir, data)
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(TRAIN)
-        .args(args)
-        .env_remove("CIFAR10_DIR")
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .output()
-        .expect("the train binary runs")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "train {args:?} failed:\n{}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
-}
-
-/// The last line of stdout, as JSON.
-fn json(text: &str) -> Value {
-    serde_json::from_str(text.lines().last().expect("a line")).expect("JSON")
-}
-
-/// A small, fast run: an MLP on 200 images.
-fn small_fit<'a>(data: &'a str, out: &'a str, backend: &'a str, epochs: &'a str) -> Vec<&'a str> {
-    vec![
-        "fit",
-        "--data",
-        data,
-        "--out",
-        out,
-        "--backend",
-        backend,
-        "--model",
-        "mlp",
-        "--hidden",
-        "32",
-        "--preprocess",
-        "mean-image",
-        "--augment",
-        "false",
-        "--optimizer",
-        "momentum",
-        "--lr",
-        "0.01",
-        "--lr-schedule",
-        "constant",
-        "--warmup",
-        "0",
-        "--epochs",
-        epochs,
-        "--batch-size",
-        "25",
-        "--val-size",
-        "50",
-        "--json",
-    ]
-}
+use common::{TRAIN, dataset, json, ok, run, small_fit, stderr, stdout};
 
 /// Two runs that must have ended alike: the same accuracy and loss, and the
 /// same metrics row for row (timings aside).

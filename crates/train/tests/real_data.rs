@@ -1,14 +1,10 @@
 //! Training on the real CIFAR-10; runs when `CIFAR10_DIR` points at the
 //! `cifar-10-batches-bin` folder and passes trivially otherwise.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-
 use cifar_data::Preprocessing;
 use cifar_models::{MlpConfig, ModelConfig};
 use cifar_train::config::{LrSchedule, OptimizerKind};
 use cifar_train::fit::{FitOptions, fit};
-use cifar_train::progress::Progress;
 use cifar_train::rundir::RunDir;
 use cifar_train::{TrainConfig, dataset};
 
@@ -42,15 +38,7 @@ fn two_layer_net_beats_35_percent_after_one_epoch() {
         &prepared,
         &run,
         &burn::prelude::Device::flex(),
-        FitOptions {
-            resume: false,
-            interrupt: Arc::new(AtomicBool::new(false)),
-            progress: Progress {
-                to_stderr: true,
-                bars: false,
-            },
-            observers: Vec::new(),
-        },
+        FitOptions::quiet(),
     )
     .unwrap();
     eprintln!(

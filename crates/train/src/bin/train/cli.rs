@@ -1,13 +1,13 @@
-//! The command line: `train fit | eval | predict | data | init-stats | bench`.
+//! The command line: `train fit | check | lr-find | report | eval | predict | data | init-stats | bench`.
 
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use anyhow::{Result, bail};
 use cifar_data::Preprocessing;
 use cifar_models::{ActivationConfig, Init, ModelConfig, StageConfig};
+use cifar_train::config::{Backend, LrSchedule, OptimizerKind, TrainConfig};
 use clap::{Args, Parser, Subcommand};
-
-use crate::config::{Backend, LrSchedule, OptimizerKind, TrainConfig};
 
 /// Train and inspect CIFAR-10 classifiers the way CS231n's "Training Neural
 /// Networks I" teaches: activations, preprocessing, initialization, batch
@@ -25,6 +25,12 @@ pub struct Cli {
 pub enum Command {
     /// Train a model; writes a run folder (see --out).
     Fit(Box<FitArgs>),
+    /// The lecture's sanity checks on a configuration, each with a verdict.
+    Check(Box<CheckArgs>),
+    /// The learning-rate range test: loss against an exponentially growing rate.
+    LrFind(Box<LrFindArgs>),
+    /// Rebuild a run folder's report.html (and its charts).
+    Report(ReportArgs),
     /// Accuracy, per-class accuracy and confusion matrix of a trained run.
     Eval(EvalArgs),
     /// Classify PNG or JPEG images with a trained run.
@@ -48,9 +54,32 @@ pub struct DataSource {
     pub download: bool,
 }
 
-/// `train fit`: every option of [`TrainConfig`], each overriding `--config`.
+/// A learning rate, or `find` to run the learning-rate finder first.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LrArg {
+    /// This rate.
+    Value(f64),
+    /// The finder's suggestion.
+    Find,
+}
+
+impl FromStr for LrArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "find" {
+            return Ok(LrArg::Find);
+        }
+        s.parse::<f64>().map(LrArg::Value).map_err(|_| {
+            format!("'{s}' is not a learning rate: expected a number such as 0.01, or find")
+        })
+    }
+}
+
+/// Every option of [`TrainConfig`], each overriding `--config`; shared by
+/// `fit`, `check` and `lr-find`.
 #[derive(Debug, Args)]
-pub struct FitArgs {
+pub struct TrainFlags {
     /// Where the data comes from.
     #[command(flatten)]
     pub source: DataSource,
@@ -87,9 +116,9 @@ pub struct FitArgs {
     /// sgd, momentum, nesterov, adam, adamw, rmsprop [default: nesterov]
     #[arg(long, value_name = "NAME")]
     pub optimizer: Option<OptimizerKind>,
-    /// Learning rate [default: 0.05]
-    #[arg(long)]
-    pub lr: Option<f64>,
+    /// Learning rate, or `find` to run the learning-rate finder first (train fit) [default: 0.05]
+    #[arg(long, value_name = "LR", allow_hyphen_values = true)]
+    pub lr: Option<LrArg>,
     /// Momentum (momentum, nesterov), or Adam's beta1 [default: 0.9]
     #[arg(long)]
     pub momentum: Option<f64>,
@@ -117,18 +146,80 @@ pub struct FitArgs {
     /// Validation images held out from the end of the training batches [default: 1000]
     #[arg(long, value_name = "N")]
     pub val_size: Option<usize>,
+    /// Start from this JSON config (a run's config.json works); flags override it
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// `train fit`.
+#[derive(Debug, Args)]
+pub struct FitArgs {
+    /// Model, data and optimizer.
+    #[command(flatten)]
+    pub flags: TrainFlags,
     /// The run folder [default: runs/<date>-<time>]
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Continue the run in --out from its checkpoint (flags such as --epochs still apply)
     #[arg(long)]
     pub resume: bool,
-    /// Start from this JSON config (a run's config.json works); flags override it
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    /// Record per-layer statistics to layers.csv every K steps (0: off) [default: about 20 times per epoch]
+    #[arg(long, value_name = "K")]
+    pub monitor_every: Option<usize>,
     /// Print one JSON line with the results on standard output at the end
     #[arg(long)]
     pub json: bool,
+}
+
+/// `train check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Model, data and optimizer to check.
+    #[command(flatten)]
+    pub flags: TrainFlags,
+    /// Also write the verdicts to DIR/check.json, for that run's report.html
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Step budget of the overfitting check
+    #[arg(long, default_value_t = 300, value_name = "STEPS")]
+    pub overfit_steps: usize,
+    /// Print the verdicts as JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `train lr-find`.
+#[derive(Debug, Args)]
+pub struct LrFindArgs {
+    /// Model, data and optimizer.
+    #[command(flatten)]
+    pub flags: TrainFlags,
+    /// First learning rate
+    #[arg(long, default_value_t = 1e-7)]
+    pub start: f64,
+    /// Last learning rate
+    #[arg(long, default_value_t = 10.0)]
+    pub end: f64,
+    /// Rates tried, one step each
+    #[arg(long, default_value_t = 100)]
+    pub steps: usize,
+    /// Where lr-find.csv and lr-find.png go [default: runs/lr-find-<date>-<time>]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Print the suggestions as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `train report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The run folder
+    #[arg(long, value_name = "DIR")]
+    pub run: PathBuf,
+    /// Draw loss.png with a logarithmic loss axis
+    #[arg(long)]
+    pub log_loss: bool,
 }
 
 /// `train eval`.
@@ -247,9 +338,12 @@ pub struct BenchArgs {
     /// Timed steps (train)
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
+    /// Run the layer monitor every K steps during the timed steps (train), to measure its cost
+    #[arg(long, value_name = "K")]
+    pub monitor_every: Option<usize>,
 }
 
-impl FitArgs {
+impl TrainFlags {
     /// The run's config: `--config` (or the run's own when resuming), then the flags.
     pub fn to_config(&self, base: Option<TrainConfig>) -> Result<TrainConfig> {
         let mut c = match (&self.config, base) {
@@ -321,7 +415,7 @@ impl FitArgs {
         if let Some(o) = self.optimizer {
             c.optimizer = o;
         }
-        if let Some(v) = self.lr {
+        if let Some(LrArg::Value(v)) = self.lr {
             c.lr = v;
         }
         if let Some(v) = self.momentum {

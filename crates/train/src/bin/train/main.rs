@@ -1,8 +1,10 @@
 //! `train`: train and inspect CIFAR-10 classifiers. See `train --help`.
 
-use cifar_train::cli::{Cli, Command};
-use cifar_train::commands;
+mod cli;
+mod commands;
+
 use clap::Parser;
+use cli::{Cli, Command};
 
 fn main() {
     // `train ... | head` closes the pipe early: end quietly rather than panic.
@@ -21,6 +23,9 @@ fn main() {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Fit(args) => commands::fit_command(args),
+        Command::Check(args) => commands::check_command(args),
+        Command::LrFind(args) => commands::lr_find_command(args),
+        Command::Report(args) => commands::report_command(args),
         Command::Eval(args) => commands::eval_command(args),
         Command::Predict(args) => commands::predict_command(args),
         Command::Data(args) => commands::data_command(args),

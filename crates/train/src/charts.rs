@@ -1,0 +1,816 @@
+//! PNG charts a person reads without the CSV: titles, labelled axes with
+//! tick values, and legends. Drawn with plotters' bitmap backend and text
+//! from DejaVu Sans compiled into the binary, so no system font is needed.
+//!
+//! | file | what |
+//! |---|---|
+//! | `loss.png` | per-step loss, its running mean, epoch boundaries |
+//! | `accuracy.png` | training and validation accuracy per epoch (the gap is overfitting) |
+//! | `lr.png` | the learning-rate schedule |
+//! | `update-ratio.png` | update/weight ratio per weight tensor, log scale, 1e-3 reference |
+//! | `activations.png` | per-layer activation histograms at the last epoch |
+//! | `confusion-<split>.png` | the confusion matrix with class names and counts |
+//! | `init-stats.png` | the lecture's initialization figure |
+//! | `lr-find.png` | the learning-rate finder's sweep and suggestions |
+
+use std::error::Error;
+use std::path::Path;
+use std::sync::Once;
+
+use anyhow::{Result, anyhow};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use crate::callbacks::{EpochSummary, MetricsLog};
+use crate::diagnostics::lr_find::LrFindResult;
+use crate::monitor::{HEALTHY_RATIO, LayerMonitor, LayerSnapshot, RatioPoint};
+use crate::rundir::RunDir;
+use crate::trainer::StepInfo;
+
+/// The font of every chart (DejaVu Sans; its license is beside it in `assets/`).
+const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+const FAMILY: &str = "sans-serif";
+
+type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+type DrawResult = std::result::Result<(), Box<dyn Error>>;
+
+/// A qualitative palette (Tableau 10) for series.
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// The color of series `i`.
+fn color(i: usize) -> RGBColor {
+    PALETTE[i % PALETTE.len()]
+}
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        for style in [FontStyle::Normal, FontStyle::Bold] {
+            // The font is compiled in and known to parse (see the tests).
+            let _ = plotters::style::register_font(FAMILY, style, FONT);
+        }
+    });
+}
+
+/// Draws a `width x height` chart with `f` and writes it to `path` (through a temporary file).
+pub fn draw(
+    path: &Path,
+    (width, height): (u32, u32),
+    f: impl FnOnce(&Area<'_>) -> DrawResult,
+) -> Result<()> {
+    register_font();
+    let mut buffer = vec![255u8; width as usize * height as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, (width, height)).into_drawing_area();
+        root.fill(&WHITE)
+            .map_err(|e| anyhow!("cannot draw {}: {e}", path.display()))?;
+        f(&root).map_err(|e| anyhow!("cannot draw {}: {e}", path.display()))?;
+        root.present()
+            .map_err(|e| anyhow!("cannot draw {}: {e}", path.display()))?;
+    }
+    let image = image::RgbImage::from_raw(width, height, buffer).expect("buffer of the right size");
+    let tmp = path.with_extension("tmp.png");
+    image
+        .save_with_format(&tmp, image::ImageFormat::Png)
+        .map_err(|e| anyhow!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
+}
+
+fn caption_style() -> TextStyle<'static> {
+    (FAMILY, 22).into_font().style(FontStyle::Bold).into()
+}
+
+fn label_style() -> TextStyle<'static> {
+    (FAMILY, 15).into_font().color(&BLACK)
+}
+
+/// `(lo, hi)` of the finite values, padded; `(0, 1)` when there are none.
+fn span(values: impl Iterator<Item = f64>, pad: f64) -> (f64, f64) {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    let width = (hi - lo).max(1e-9);
+    (lo - pad * width, hi + pad * width)
+}
+
+/// Running mean over the last `k` values.
+fn running_mean(values: &[f64], k: usize) -> Vec<f64> {
+    let k = k.max(1);
+    let mut sum = 0.0;
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            sum += v;
+            if i >= k {
+                sum -= values[i - k];
+            }
+            sum / (i + 1).min(k) as f64
+        })
+        .collect()
+}
+
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font(label_style())
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .draw()
+}
+
+/// `loss.png`: every step's loss, its running mean, and dashed epoch boundaries.
+pub fn loss_chart(
+    path: &Path,
+    steps: &[StepInfo],
+    epoch_ends: &[usize],
+    log_y: bool,
+) -> Result<()> {
+    let losses: Vec<f64> = steps.iter().map(|s| s.loss).collect();
+    let window = (steps.len() / 50).clamp(1, 100);
+    let mean = running_mean(&losses, window);
+    let x_max = steps.last().map_or(1, |s| s.iteration + 1).max(2) as f64;
+    draw(path, (900, 500), |root| {
+        let mut builder = ChartBuilder::on(root);
+        builder
+            .caption("Training loss", caption_style())
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(70);
+        let positive = losses.iter().copied().filter(|v| v.is_finite() && *v > 0.0);
+        if log_y {
+            let lo = positive.clone().fold(f64::INFINITY, f64::min);
+            let hi = positive.fold(0.0f64, f64::max);
+            let (lo, hi) = if lo.is_finite() {
+                (lo * 0.9, hi * 1.1)
+            } else {
+                (0.1, 10.0)
+            };
+            let mut chart = builder.build_cartesian_2d(1f64..x_max, (lo..hi).log_scale())?;
+            chart
+                .configure_mesh()
+                .x_desc("step")
+                .y_desc("loss (log scale)")
+                .label_style(label_style())
+                .draw()?;
+            draw_loss_series(
+                &mut chart,
+                steps,
+                &losses,
+                &mean,
+                window,
+                epoch_ends,
+                (lo, hi),
+            )?;
+            legend(&mut chart, SeriesLabelPosition::UpperRight)?;
+        } else {
+            let (lo, hi) = span(losses.iter().copied(), 0.05);
+            let lo = lo.max(0.0);
+            let mut chart = builder.build_cartesian_2d(1f64..x_max, lo..hi)?;
+            chart
+                .configure_mesh()
+                .x_desc("step")
+                .y_desc("loss")
+                .label_style(label_style())
+                .draw()?;
+            draw_loss_series(
+                &mut chart,
+                steps,
+                &losses,
+                &mean,
+                window,
+                epoch_ends,
+                (lo, hi),
+            )?;
+            legend(&mut chart, SeriesLabelPosition::UpperRight)?;
+        }
+        Ok(())
+    })
+}
+
+fn draw_loss_series<'a, DB: DrawingBackend + 'a, CT>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    steps: &[StepInfo],
+    losses: &[f64],
+    mean: &[f64],
+    window: usize,
+    epoch_ends: &[usize],
+    (lo, hi): (f64, f64),
+) -> DrawResult
+where
+    CT: CoordTranslate<From = (f64, f64)>,
+    DB::ErrorType: 'static,
+{
+    let raw = PALETTE[0].mix(0.3);
+    chart
+        .draw_series(LineSeries::new(
+            steps
+                .iter()
+                .zip(losses)
+                .filter(|(_, l)| l.is_finite())
+                .map(|(s, &l)| ((s.iteration + 1) as f64, l.clamp(lo, hi))),
+            raw,
+        ))?
+        .label("loss per step")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], raw));
+    chart
+        .draw_series(LineSeries::new(
+            steps
+                .iter()
+                .zip(mean)
+                .filter(|(_, l)| l.is_finite())
+                .map(|(s, &l)| ((s.iteration + 1) as f64, l.clamp(lo, hi))),
+            PALETTE[0].stroke_width(2),
+        ))?
+        .label(format!("running mean ({window} steps)"))
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], PALETTE[0].stroke_width(2)));
+    let boundary = BLACK.mix(0.35);
+    for (i, &end) in epoch_ends.iter().enumerate() {
+        let x = end as f64;
+        let series = chart.draw_series(DashedLineSeries::new(
+            vec![(x, lo), (x, hi)],
+            6,
+            4,
+            boundary.into(),
+        ))?;
+        if i == 0 {
+            series
+                .label("epoch end")
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], boundary));
+        }
+    }
+    Ok(())
+}
+
+/// `accuracy.png`: training and validation accuracy per epoch.
+pub fn accuracy_chart(path: &Path, epochs: &[(usize, EpochSummary)]) -> Result<()> {
+    let x_max = epochs
+        .iter()
+        .map(|(_, e)| e.epoch)
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    draw(path, (900, 500), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(
+                "Accuracy per epoch (the gap between the lines is overfitting)",
+                caption_style(),
+            )
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.5f64..x_max + 0.5, 0f64..1f64)?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc("accuracy")
+            .x_labels((x_max as usize + 1).min(20))
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .label_style(label_style())
+            .draw()?;
+        for (i, (name, get)) in [
+            (
+                "training (1,000-image sample)",
+                (|e: &EpochSummary| e.train_accuracy) as fn(&EpochSummary) -> f64,
+            ),
+            (
+                "validation",
+                (|e: &EpochSummary| e.val_accuracy) as fn(&EpochSummary) -> f64,
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let c = color(i);
+            let points: Vec<(f64, f64)> = epochs
+                .iter()
+                .map(|(_, e)| (e.epoch as f64, get(e)))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))?
+                .label(name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
+            chart.draw_series(points.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
+        }
+        legend(&mut chart, SeriesLabelPosition::LowerRight)?;
+        Ok(())
+    })
+}
+
+/// `lr.png`: the learning rate of every step.
+pub fn lr_chart(path: &Path, steps: &[StepInfo]) -> Result<()> {
+    let x_max = steps.last().map_or(1, |s| s.iteration + 1).max(2) as f64;
+    let (_, hi) = span(steps.iter().map(|s| s.lr), 0.05);
+    draw(path, (900, 400), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption("Learning-rate schedule", caption_style())
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(80)
+            .build_cartesian_2d(1f64..x_max, 0f64..hi.max(1e-12))?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("learning rate")
+            .y_label_formatter(&|y| format!("{y:.1e}"))
+            .label_style(label_style())
+            .draw()?;
+        chart
+            .draw_series(LineSeries::new(
+                steps.iter().map(|s| ((s.iteration + 1) as f64, s.lr)),
+                PALETTE[1].stroke_width(2),
+            ))?
+            .label("lr")
+            .legend(|(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], PALETTE[1].stroke_width(2))
+            });
+        Ok(())
+    })
+}
+
+/// `update-ratio.png`: `||ΔW|| / ||W||` per weight tensor over the steps, log scale.
+pub fn update_ratio_chart(path: &Path, ratios: &[RatioPoint]) -> Result<()> {
+    let mut names: Vec<&str> = Vec::new();
+    for r in ratios {
+        if !names.contains(&r.name.as_str()) {
+            names.push(&r.name);
+        }
+    }
+    let finite = || {
+        ratios
+            .iter()
+            .map(|r| r.ratio)
+            .filter(|r| r.is_finite() && *r > 0.0)
+    };
+    let lo = finite().fold(HEALTHY_RATIO, f64::min) / 2.0;
+    let hi = finite().fold(HEALTHY_RATIO, f64::max) * 2.0;
+    let x_max = ratios
+        .iter()
+        .map(|r| r.iteration + 1)
+        .max()
+        .unwrap_or(1)
+        .max(2) as f64;
+    draw(path, (1000, 560), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(
+                "Update/weight ratio per layer (about 1e-3 is healthy)",
+                caption_style(),
+            )
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(80)
+            .build_cartesian_2d(1f64..x_max, (lo..hi).log_scale())?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("||update|| / ||weight|| (log scale)")
+            .y_label_formatter(&|y| format!("{y:.0e}"))
+            .label_style(label_style())
+            .draw()?;
+        for (i, name) in names.iter().enumerate() {
+            let c = color(i);
+            chart
+                .draw_series(LineSeries::new(
+                    ratios
+                        .iter()
+                        .filter(|r| r.name == *name && r.ratio.is_finite() && r.ratio > 0.0)
+                        .map(|r| ((r.iteration + 1) as f64, r.ratio)),
+                    c.stroke_width(2),
+                ))?
+                .label(name.trim_end_matches(".weight").to_string())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
+        }
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![(1.0, HEALTHY_RATIO), (x_max, HEALTHY_RATIO)],
+                8,
+                5,
+                BLACK.stroke_width(2),
+            ))?
+            .label("1e-3 reference")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+        legend(&mut chart, SeriesLabelPosition::UpperRight)?;
+        Ok(())
+    })
+}
+
+/// One histogram per row, `titles[i]` above row `i`, all over `[lo, hi]`.
+fn histogram_rows(
+    area: &Area<'_>,
+    rows: &[(String, Vec<u64>)],
+    (lo, hi): (f64, f64),
+    x_desc: &str,
+) -> DrawResult {
+    let areas = area.split_evenly((rows.len().max(1), 1));
+    for (i, ((title, counts), cell)) in rows.iter().zip(&areas).enumerate() {
+        let max = counts.iter().copied().max().unwrap_or(1).max(1) as f64;
+        let last = i + 1 == rows.len();
+        let mut chart = ChartBuilder::on(cell)
+            .margin_left(10)
+            .margin_right(20)
+            .margin_top(4)
+            .x_label_area_size(if last { 40 } else { 18 })
+            .y_label_area_size(70)
+            .build_cartesian_2d(lo..hi, 0f64..max * 1.05)?;
+        let mut mesh = chart.configure_mesh();
+        mesh.disable_y_mesh()
+            .y_labels(2)
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .x_labels(9)
+            .label_style((FAMILY, 12).into_font().color(&BLACK));
+        if last {
+            mesh.x_desc(x_desc);
+        }
+        mesh.draw()?;
+        let bins = counts.len().max(1);
+        let width = (hi - lo) / bins as f64;
+        let c = color(i);
+        chart.draw_series(counts.iter().enumerate().map(|(b, &n)| {
+            let x0 = lo + b as f64 * width;
+            Rectangle::new([(x0, 0.0), (x0 + width, n as f64)], c.mix(0.8).filled())
+        }))?;
+        cell.draw(&Text::new(
+            title.clone(),
+            (80, 4),
+            (FAMILY, 14).into_font().style(FontStyle::Bold),
+        ))?;
+    }
+    Ok(())
+}
+
+/// `activations.png`: per-layer activation histograms on the probe batch at one epoch.
+pub fn activations_chart(path: &Path, epoch: usize, layers: &[LayerSnapshot]) -> Result<()> {
+    let lo = layers
+        .iter()
+        .map(|l| l.stats.histogram.min)
+        .fold(f64::INFINITY, f64::min);
+    let hi = layers
+        .iter()
+        .map(|l| l.stats.histogram.max)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let (lo, hi) = if lo.is_finite() && hi > lo {
+        (lo, hi)
+    } else {
+        (-1.0, 1.0)
+    };
+    // Each layer's histogram is over its own range: re-bin it onto the shared one.
+    let rows: Vec<(String, Vec<u64>)> = layers
+        .iter()
+        .map(|l| {
+            let h = &l.stats.histogram;
+            let bins = 40;
+            let mut counts = vec![0u64; bins];
+            let w = (h.max - h.min) / h.counts.len().max(1) as f64;
+            for (b, &n) in h.counts.iter().enumerate() {
+                let center = h.min + (b as f64 + 0.5) * w;
+                let k = (((center - lo) / (hi - lo)) * bins as f64).floor();
+                counts[(k.max(0.0) as usize).min(bins - 1)] += n;
+            }
+            (
+                format!(
+                    "{}: mean {:+.3}, std {:.3}, {:.0}% zero, {:.0}% dead, {:.0}% saturated",
+                    l.name,
+                    l.stats.mean,
+                    l.stats.std,
+                    100.0 * l.stats.zero_fraction,
+                    100.0 * l.dead_fraction,
+                    100.0 * l.stats.saturated_fraction
+                ),
+                counts,
+            )
+        })
+        .collect();
+    let height = (150 * rows.len().max(1) + 80) as u32;
+    draw(path, (900, height), |root| {
+        let root = root.titled(
+            &format!("Activations per layer after epoch {epoch} (probe batch, eval mode)"),
+            caption_style(),
+        )?;
+        histogram_rows(&root, &rows, (lo, hi), "activation value")
+    })
+}
+
+/// `confusion-<split>.png`: rows are true classes, columns predictions; each
+/// cell shows its count and is shaded by the row's fraction.
+pub fn confusion_chart(
+    path: &Path,
+    matrix: &[Vec<u64>],
+    classes: &[&str],
+    title: &str,
+) -> Result<()> {
+    let n = matrix.len();
+    draw(path, (860, 800), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, caption_style())
+            .margin(15)
+            .x_label_area_size(90)
+            .y_label_area_size(100)
+            .build_cartesian_2d((0..n).into_segmented(), (0..n).into_segmented())?;
+        let name = |v: &SegmentValue<usize>| match v {
+            SegmentValue::CenterOf(i) if *i < n => {
+                classes.get(*i).copied().unwrap_or("").to_string()
+            }
+            _ => String::new(),
+        };
+        // Rows are drawn from the top (true class 0 first), so the y axis counts down.
+        let row_name = |v: &SegmentValue<usize>| match v {
+            SegmentValue::CenterOf(i) if *i < n => {
+                classes.get(n - 1 - *i).copied().unwrap_or("").to_string()
+            }
+            _ => String::new(),
+        };
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(n)
+            .y_labels(n)
+            .x_desc("predicted class")
+            .y_desc("true class")
+            .x_label_formatter(&name)
+            .y_label_formatter(&row_name)
+            .x_label_style(
+                label_style()
+                    .transform(FontTransform::Rotate90)
+                    .pos(Pos::new(HPos::Left, VPos::Center)),
+            )
+            .y_label_style(label_style())
+            .draw()?;
+        let row_y = |r: usize| n - 1 - r;
+        for (r, row) in matrix.iter().enumerate() {
+            let total = row.iter().sum::<u64>().max(1) as f64;
+            for (c, &count) in row.iter().enumerate() {
+                let v = count as f64 / total;
+                let shade = RGBColor(
+                    (255.0 * (1.0 - 0.85 * v)) as u8,
+                    (255.0 * (1.0 - 0.6 * v)) as u8,
+                    (255.0 * (1.0 - 0.3 * v)) as u8,
+                );
+                let y = row_y(r);
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [
+                        (SegmentValue::Exact(c), SegmentValue::Exact(y)),
+                        (SegmentValue::Exact(c + 1), SegmentValue::Exact(y + 1)),
+                    ],
+                    shade.filled(),
+                )))?;
+                let ink = if v > 0.55 { WHITE } else { BLACK };
+                chart.draw_series(std::iter::once(Text::new(
+                    count.to_string(),
+                    (SegmentValue::CenterOf(c), SegmentValue::CenterOf(y)),
+                    (FAMILY, 15)
+                        .into_font()
+                        .color(&ink)
+                        .pos(Pos::new(HPos::Center, VPos::Center)),
+                )))?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// One layer of the initialization experiment.
+#[derive(Debug, Clone)]
+pub struct InitLayer {
+    /// 1-based layer number.
+    pub layer: usize,
+    /// Mean of the layer's outputs.
+    pub mean: f64,
+    /// Standard deviation of the layer's outputs.
+    pub std: f64,
+    /// Histogram counts over the shared range.
+    pub counts: Vec<u64>,
+}
+
+/// `init-stats.png`: the lecture's figure: mean and std per layer as lines,
+/// above per-layer histograms on one shared range.
+pub fn init_stats_chart(
+    path: &Path,
+    title: &str,
+    layers: &[InitLayer],
+    range: (f64, f64),
+) -> Result<()> {
+    let height = (320 + 110 * layers.len().max(1)) as u32;
+    draw(path, (900, height), |root| {
+        let root = root.titled(title, caption_style())?;
+        let (top, bottom) = root.split_vertically(300);
+        let (means, stds) = top.split_horizontally(450);
+        let n = layers.len().max(1) as f64;
+        for (area, name, get, i) in [
+            (
+                &means,
+                "layer mean",
+                (|l: &InitLayer| l.mean) as fn(&InitLayer) -> f64,
+                0usize,
+            ),
+            (
+                &stds,
+                "layer std",
+                (|l: &InitLayer| l.std) as fn(&InitLayer) -> f64,
+                1,
+            ),
+        ] {
+            let (lo, hi) = span(layers.iter().map(get).chain([0.0]), 0.1);
+            let mut chart = ChartBuilder::on(area)
+                .caption(name, (FAMILY, 16).into_font())
+                .margin(10)
+                .x_label_area_size(40)
+                .y_label_area_size(70)
+                .build_cartesian_2d(0.5f64..n + 0.5, lo..hi)?;
+            chart
+                .configure_mesh()
+                .x_desc("hidden layer")
+                .x_labels(layers.len().clamp(1, 12))
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .y_label_formatter(&|y| format!("{y:.2e}"))
+                .label_style(label_style())
+                .draw()?;
+            let c = color(i);
+            let points: Vec<(f64, f64)> = layers.iter().map(|l| (l.layer as f64, get(l))).collect();
+            chart.draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))?;
+            chart.draw_series(points.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
+        }
+        let rows: Vec<(String, Vec<u64>)> = layers
+            .iter()
+            .map(|l| {
+                (
+                    format!("layer {}: mean {:+.2e}, std {:.2e}", l.layer, l.mean, l.std),
+                    l.counts.clone(),
+                )
+            })
+            .collect();
+        histogram_rows(
+            &bottom,
+            &rows,
+            range,
+            "activation value (one range for every layer)",
+        )
+    })
+}
+
+/// `lr-find.png`: loss against the learning rate (log scale), the three suggestions marked.
+pub fn lr_find_chart(path: &Path, result: &LrFindResult) -> Result<()> {
+    let points = &result.points;
+    let lr_lo = points.first().map_or(1e-7, |p| p.lr);
+    let lr_hi = points.last().map_or(10.0, |p| p.lr).max(lr_lo * 10.0);
+    let (lo, hi) = span(points.iter().flat_map(|p| [p.smoothed]), 0.08);
+    let first = points.first().map_or(hi, |p| p.smoothed);
+    let hi = hi.min(first * 2.0).max(lo + 1e-6);
+    draw(path, (1000, 560), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption("Learning-rate finder", caption_style())
+            .margin(15)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d((lr_lo..lr_hi).log_scale(), lo..hi)?;
+        chart
+            .configure_mesh()
+            .x_desc("learning rate (log scale)")
+            .y_desc("loss")
+            .x_label_formatter(&|x| format!("{x:.0e}"))
+            .label_style(label_style())
+            .draw()?;
+        let raw = PALETTE[0].mix(0.3);
+        chart
+            .draw_series(LineSeries::new(
+                points
+                    .iter()
+                    .filter(|p| p.loss.is_finite())
+                    .map(|p| (p.lr, p.loss.clamp(lo, hi))),
+                raw,
+            ))?
+            .label("loss per step")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], raw));
+        chart
+            .draw_series(LineSeries::new(
+                points
+                    .iter()
+                    .filter(|p| p.smoothed.is_finite())
+                    .map(|p| (p.lr, p.smoothed.clamp(lo, hi))),
+                PALETTE[0].stroke_width(2),
+            ))?
+            .label("smoothed loss")
+            .legend(|(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], PALETTE[0].stroke_width(2))
+            });
+        let s = result.suggestions;
+        for (i, (name, lr)) in [
+            ("steepest", s.steepest),
+            ("valley", s.valley),
+            ("minimum / 10", s.minimum),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let c = color(i + 1);
+            let chosen = if name == result.chosen {
+                " (used by --lr find)"
+            } else {
+                ""
+            };
+            chart
+                .draw_series(DashedLineSeries::new(
+                    vec![(lr, lo), (lr, hi)],
+                    6,
+                    4,
+                    c.stroke_width(2),
+                ))?
+                .label(format!("{name}: {lr:.2e}{chosen}"))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
+        }
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+        Ok(())
+    })
+}
+
+/// Redraws a run's training charts from its metrics and monitor: `loss.png`,
+/// `accuracy.png`, `lr.png`, and with a monitor `update-ratio.png` and
+/// `activations.png`.
+pub fn training_charts(
+    run: &RunDir,
+    metrics: &MetricsLog,
+    monitor: Option<&LayerMonitor>,
+) -> Result<()> {
+    let epoch_ends: Vec<usize> = metrics.epochs().iter().map(|(step, _)| *step).collect();
+    loss_chart(&run.file("loss.png"), metrics.steps(), &epoch_ends, false)?;
+    accuracy_chart(&run.file("accuracy.png"), metrics.epochs())?;
+    lr_chart(&run.file("lr.png"), metrics.steps())?;
+    if let Some(monitor) = monitor {
+        update_ratio_chart(&run.file("update-ratio.png"), monitor.ratios())?;
+        if let Some((epoch, layers)) = monitor.snapshots().last() {
+            activations_chart(&run.file("activations.png"), *epoch, layers)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Dark pixels in rows `rows` of the PNG at `path`: text or lines were drawn there.
+    fn dark_pixels(path: &Path, rows: std::ops::Range<u32>) -> usize {
+        let img = image::open(path).unwrap().to_rgb8();
+        rows.flat_map(|y| (0..img.width()).map(move |x| (x, y)))
+            .filter(|&(x, y)| img.get_pixel(x, y).0.iter().all(|&c| c < 100))
+            .count()
+    }
+
+    #[test]
+    fn the_font_parses_and_titles_are_drawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loss.png");
+        let steps: Vec<StepInfo> = (0..100)
+            .map(|i| StepInfo {
+                epoch: i / 50,
+                iteration: i,
+                loss: 2.3 / (1.0 + i as f64 * 0.05),
+                lr: 0.1,
+            })
+            .collect();
+        loss_chart(&path, &steps, &[50, 100], false).unwrap();
+        assert_eq!(image::image_dimensions(&path).unwrap(), (900, 500));
+        // The caption sits in the top 40 rows: text there means the font rendered.
+        assert!(dark_pixels(&path, 0..40) > 100, "no title text");
+        loss_chart(&path, &steps, &[50, 100], true).unwrap();
+        assert!(dark_pixels(&path, 0..40) > 100, "no title text (log scale)");
+    }
+
+    #[test]
+    fn confusion_cells_carry_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.png");
+        let m = vec![vec![9, 1], vec![0, 10]];
+        confusion_chart(&path, &m, &["cat", "dog"], "Confusion").unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        // The diagonal cells are dark (90% and 100%), the empty cell white.
+        let dark = img.pixels().filter(|p| p.0[0] < 80 && p.0[2] > 150).count();
+        assert!(dark > 10_000, "{dark}");
+    }
+}

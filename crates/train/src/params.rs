@@ -1,0 +1,159 @@
+//! A model's trainable parameter tensors by name, with their gradients.
+//!
+//! Names are the module path as Burn's record stores it, without the
+//! model's variant: `stages.0.convs.1.conv.weight`, `hidden.0.linear.bias`,
+//! `output.weight`. Batch norm's running statistics are not parameters (no
+//! gradient) and are left out.
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use cifar_models::Model;
+
+/// One parameter tensor, flattened.
+#[derive(Debug, Clone)]
+pub struct NamedParam {
+    /// The module path, such as `stages.0.convs.1.conv.weight`.
+    pub name: String,
+    /// Burn's id of the parameter (stable across optimizer steps).
+    pub id: ParamId,
+    /// The tensor's shape.
+    pub dims: Vec<usize>,
+    /// The values, flattened and detached.
+    pub value: Tensor<1>,
+    /// The gradient, flattened, when gradients were given.
+    pub grad: Option<Tensor<1>>,
+}
+
+impl NamedParam {
+    /// The layer part of the name (`stages.0.convs.1.conv`).
+    pub fn layer(&self) -> &str {
+        self.name.rsplit_once('.').map_or("", |(layer, _)| layer)
+    }
+
+    /// The last part of the name (`weight`, `bias`, `gamma`, ...).
+    pub fn kind(&self) -> &str {
+        self.name.rsplit_once('.').map_or(&self.name, |(_, k)| k)
+    }
+
+    /// Whether this is a weight matrix or kernel (not a bias or a norm parameter).
+    pub fn is_weight(&self) -> bool {
+        self.kind() == "weight" && self.dims.len() >= 2
+    }
+}
+
+/// Every trainable parameter of `model`, in module order, each with its
+/// gradient from `grads` when given. Parameters without a gradient in
+/// `grads` (batch norm's running statistics) are left out.
+pub fn parameters(model: &Model, grads: Option<&GradientsParams>) -> Vec<NamedParam> {
+    let mut visitor = Collector {
+        path: Vec::new(),
+        grads,
+        out: Vec::new(),
+    };
+    model.visit(&mut visitor);
+    visitor.out
+}
+
+/// Sum of squares of a tensor, read back as f64.
+pub fn squared_norm(t: &Tensor<1>) -> f64 {
+    t.clone().square().sum().into_scalar::<f32>() as f64
+}
+
+struct Collector<'a> {
+    path: Vec<String>,
+    grads: Option<&'a GradientsParams>,
+    out: Vec<NamedParam>,
+}
+
+impl ModuleVisitor for Collector<'_> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        // The model's own variant (`Mlp`, `Cnn`) adds nothing to the name.
+        if container_type != "Enum:Model" {
+            self.path.push(name.to_string());
+        }
+    }
+
+    fn exit_module(&mut self, _name: &str, container_type: &str) {
+        if container_type != "Enum:Model" {
+            self.path.pop();
+        }
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        // Batch norm's running statistics are buffers, not trained parameters.
+        if self.path.last().is_some_and(|n| n.starts_with("running_")) {
+            return;
+        }
+        let grad = match self.grads {
+            Some(grads) => match grads.get::<D>(param.id) {
+                Some(g) => Some(flatten(g)),
+                None => return,
+            },
+            None => None,
+        };
+        let value = param.val().detach();
+        self.out.push(NamedParam {
+            name: self.path.join("."),
+            id: param.id,
+            dims: value.dims().to_vec(),
+            value: flatten(value),
+            grad,
+        });
+    }
+}
+
+fn flatten<const D: usize>(t: Tensor<D>) -> Tensor<1> {
+    let n = t.dims().iter().product::<usize>();
+    t.reshape([n])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cifar_models::{CnnConfig, MlpConfig, ModelConfig};
+
+    #[test]
+    fn names_follow_the_module_tree() {
+        let device = Device::flex().autodiff();
+        let mlp = ModelConfig::Mlp(
+            MlpConfig::new()
+                .with_hidden_sizes(vec![4])
+                .with_input_size(6),
+        )
+        .init(&device);
+        let names: Vec<String> = parameters(&mlp, None).into_iter().map(|p| p.name).collect();
+        assert_eq!(
+            names,
+            [
+                "hidden.0.linear.weight",
+                "hidden.0.linear.bias",
+                "output.weight",
+                "output.bias"
+            ]
+        );
+        let cnn = ModelConfig::Cnn(CnnConfig::vgg_with_widths([2, 2, 2])).init(&device);
+        let params = parameters(&cnn, None);
+        assert!(
+            params
+                .iter()
+                .any(|p| p.name == "stages.0.convs.0.conv.weight")
+        );
+        assert!(
+            params
+                .iter()
+                .any(|p| p.name == "stages.0.convs.0.norm.gamma")
+        );
+        assert!(
+            !params.iter().any(|p| p.name.contains("running")),
+            "running statistics are not parameters"
+        );
+        let conv = params
+            .iter()
+            .find(|p| p.name == "stages.0.convs.0.conv.weight")
+            .unwrap();
+        assert_eq!(conv.dims, [2, 3, 3, 3]);
+        assert!(conv.is_weight());
+        assert_eq!(conv.layer(), "stages.0.convs.0.conv");
+    }
+}

@@ -1,0 +1,271 @@
+//! One training step, shared by every command that trains: `fit`, `bench`,
+//! `check`, `lr-find` and the hyperparameter search.
+//!
+//! A [`Trainer`] owns the model (on an autodiff device), the optimizer and
+//! the loss. [`Trainer::step`] runs forward, cross-entropy, backward and the
+//! optimizer update on one batch, and shows the gradients to
+//! [`StepObserver`]s before the optimizer consumes them, and the weights
+//! before and after the update once it has. A loss that is not finite, or
+//! that exceeds [`Trainer::divergence_factor`] times the first step's loss,
+//! is a [`StepOutcome::Diverged`]: the update is skipped and the caller
+//! decides what to do.
+
+use anyhow::Result;
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
+use burn::optim::{
+    AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, RmsPropConfig, SgdConfig,
+    decay::WeightDecayConfig, momentum::MomentumConfig,
+};
+use burn::prelude::*;
+use cifar_data::CifarBatch;
+use cifar_models::Model;
+use serde::Serialize;
+
+use crate::config::{OptimizerKind, TrainConfig};
+
+/// Where a step stands in its run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct StepInfo {
+    /// 0-based epoch.
+    pub epoch: usize,
+    /// 0-based step in the whole run.
+    pub iteration: usize,
+    /// The batch's mean loss (filled in by the step).
+    pub loss: f64,
+    /// The learning rate of the step.
+    pub lr: f64,
+}
+
+/// Sees inside each step. Every method has a default that does nothing.
+pub trait StepObserver {
+    /// Whether this observer wants step `iteration`'s gradients and update
+    /// (the trainer keeps the weights from before the update only then).
+    fn observes(&self, _iteration: usize) -> bool {
+        false
+    }
+    /// The gradients of the step, before the optimizer uses them.
+    fn on_gradients(
+        &mut self,
+        _step: &StepInfo,
+        _model: &Model,
+        _grads: &GradientsParams,
+    ) -> Result<()> {
+        Ok(())
+    }
+    /// The model before and after the update.
+    fn on_update(&mut self, _step: &StepInfo, _before: &Model, _after: &Model) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Why a step was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Divergence {
+    /// The step's loss (NaN or infinite, or too large).
+    pub loss: f64,
+    /// The first step's loss.
+    pub initial_loss: f64,
+    /// The factor over the initial loss that counts as divergence.
+    pub factor: f64,
+}
+
+impl Divergence {
+    /// "the loss is NaN" or "the loss is 9.1, more than 3 times its initial 2.3".
+    pub fn describe(&self) -> String {
+        if self.loss.is_finite() {
+            format!(
+                "the loss is {:.4}, more than {} times its initial {:.4}",
+                self.loss, self.factor, self.initial_loss
+            )
+        } else {
+            format!("the loss is {}", self.loss)
+        }
+    }
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StepOutcome {
+    /// The weights were updated; the batch's loss before the update.
+    Updated {
+        /// The batch's mean loss.
+        loss: f64,
+    },
+    /// The loss diverged; the weights were left as they were.
+    Diverged(Divergence),
+}
+
+/// Builds the optimizer of `config`.
+pub fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
+    let decay =
+        (config.weight_decay > 0.0).then(|| WeightDecayConfig::new(config.weight_decay as f32));
+    let momentum = |nesterov| {
+        MomentumConfig::new()
+            .with_momentum(config.momentum)
+            .with_dampening(0.0)
+            .with_nesterov(nesterov)
+    };
+    match config.optimizer {
+        OptimizerKind::Sgd => SgdConfig::new().with_weight_decay(decay).init(),
+        OptimizerKind::Momentum => SgdConfig::new()
+            .with_weight_decay(decay)
+            .with_momentum(Some(momentum(false)))
+            .init(),
+        OptimizerKind::Nesterov => SgdConfig::new()
+            .with_weight_decay(decay)
+            .with_momentum(Some(momentum(true)))
+            .init(),
+        OptimizerKind::Adam => AdamConfig::new()
+            .with_beta_1(config.momentum as f32)
+            .with_epsilon(1e-8)
+            .with_weight_decay(decay)
+            .init(),
+        OptimizerKind::Adamw => AdamWConfig::new()
+            .with_beta_1(config.momentum as f32)
+            .with_epsilon(1e-8)
+            .with_weight_decay(config.weight_decay as f32)
+            .init(),
+        OptimizerKind::Rmsprop => RmsPropConfig::new()
+            .with_momentum(0.0)
+            .with_epsilon(1e-8)
+            .with_weight_decay(decay)
+            .init(),
+    }
+}
+
+/// Model, optimizer and loss on an autodiff device.
+pub struct Trainer {
+    model: Option<Model>,
+    optim: ModuleOptimizer,
+    device: Device,
+    loss: CrossEntropyLoss,
+    initial_loss: Option<f64>,
+    /// A loss above this many times the first step's loss is a divergence.
+    pub divergence_factor: f64,
+}
+
+impl Trainer {
+    /// The loss above `DIVERGENCE_FACTOR` times its initial value stops a run, as the lecture advises.
+    pub const DIVERGENCE_FACTOR: f64 = 3.0;
+
+    /// A freshly initialized model of `config` and its optimizer on `device`
+    /// (a plain device: autodiff is added here), seeded with `config.seed`.
+    pub fn new(config: &TrainConfig, device: &Device) -> Self {
+        let device = device.clone().autodiff();
+        device.seed(config.seed);
+        let model = config.model.init(&device);
+        Self::from_parts(model, optimizer(config), &device)
+    }
+
+    /// A trainer around an existing model (built on, or moved to, an autodiff device) and optimizer.
+    pub fn from_parts(model: Model, optim: ModuleOptimizer, device: &Device) -> Self {
+        let device = device.clone().autodiff();
+        Self {
+            loss: CrossEntropyLossConfig::new().init(&device),
+            model: Some(model),
+            optim,
+            device,
+            initial_loss: None,
+            divergence_factor: Self::DIVERGENCE_FACTOR,
+        }
+    }
+
+    /// The autodiff device batches go to.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &Model {
+        self.model
+            .as_ref()
+            .expect("the trainer always holds a model")
+    }
+
+    /// The optimizer (for checkpoints).
+    pub fn optimizer(&self) -> &ModuleOptimizer {
+        &self.optim
+    }
+
+    /// Replaces model and optimizer (when resuming from a checkpoint).
+    pub fn restore(&mut self, model: Model, optim: ModuleOptimizer) {
+        self.model = Some(model);
+        self.optim = optim;
+    }
+
+    /// Takes model and optimizer out (to load a checkpoint into them).
+    pub fn into_parts(self) -> (Model, ModuleOptimizer) {
+        (self.model.expect("a model"), self.optim)
+    }
+
+    /// The first step's loss, the reference of the divergence check.
+    pub fn initial_loss(&self) -> Option<f64> {
+        self.initial_loss
+    }
+
+    /// Sets the reference loss (a resumed run keeps its first loss).
+    pub fn set_initial_loss(&mut self, loss: Option<f64>) {
+        self.initial_loss = loss;
+    }
+
+    /// Mean cross-entropy of the current model on `batch`, without a backward pass.
+    pub fn loss_of(&self, batch: CifarBatch) -> f64 {
+        let logits = self.model().forward(batch.images);
+        self.loss
+            .forward(logits, batch.targets)
+            .into_scalar::<f32>() as f64
+    }
+
+    /// One step on `batch` (on [`device`](Self::device)) at learning rate `lr`.
+    ///
+    /// `step` says where the step stands (its `loss` is ignored and filled in
+    /// for the observers).
+    pub fn step(
+        &mut self,
+        batch: CifarBatch,
+        lr: f64,
+        step: StepInfo,
+        observers: &mut [&mut dyn StepObserver],
+    ) -> Result<StepOutcome> {
+        let model = self.model.take().expect("the trainer always holds a model");
+        let logits = model.forward(batch.images);
+        let loss = self.loss.forward(logits, batch.targets);
+        let value = loss.clone().into_scalar::<f32>() as f64;
+        let initial = *self.initial_loss.get_or_insert(value);
+        if !value.is_finite() || value > self.divergence_factor * initial {
+            self.model = Some(model);
+            return Ok(StepOutcome::Diverged(Divergence {
+                loss: value,
+                initial_loss: initial,
+                factor: self.divergence_factor,
+            }));
+        }
+        let info = StepInfo {
+            loss: value,
+            lr,
+            ..step
+        };
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let watched = observers.iter().any(|o| o.observes(info.iteration));
+        let before = if watched {
+            for observer in observers.iter_mut() {
+                if observer.observes(info.iteration) {
+                    observer.on_gradients(&info, &model, &grads)?;
+                }
+            }
+            Some(model.clone())
+        } else {
+            None
+        };
+        let model = self.optim.step(lr, model, grads);
+        if let Some(before) = &before {
+            for observer in observers.iter_mut() {
+                if observer.observes(info.iteration) {
+                    observer.on_update(&info, before, &model)?;
+                }
+            }
+        }
+        self.model = Some(model);
+        Ok(StepOutcome::Updated { loss: value })
+    }
+}
