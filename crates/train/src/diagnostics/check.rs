@@ -14,6 +14,7 @@ use anyhow::Result;
 use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
+use burn::tensor::DType;
 use cifar_data::{CifarBatch, CifarBatcher, EpochOrder, Features, Preprocessing};
 use cifar_models::Model;
 use serde::Serialize;
@@ -104,10 +105,6 @@ impl Default for CheckOptions {
 pub const LARGE_LAMBDA: f64 = 1e3;
 /// The overfitting check's target loss.
 pub const OVERFIT_LOSS: f64 = 0.05;
-/// Relative gradient error above which the gradient check warns (f32 arithmetic).
-pub const GRAD_WARN: f64 = 1e-2;
-/// Relative gradient error above which the gradient check fails.
-pub const GRAD_FAIL: f64 = 1e-1;
 
 /// Runs every check on `config` (model, optimizer, data handling) with `data`.
 pub fn run_checks(
@@ -347,7 +344,7 @@ fn batch_accuracy(model: &Model, batch: &CifarBatch) -> f64 {
 struct Nudge {
     id: ParamId,
     index: usize,
-    delta: f32,
+    delta: f64,
 }
 
 impl ModuleMapper for Nudge {
@@ -357,15 +354,48 @@ impl ModuleMapper for Nudge {
         }
         let (id, tensor, mapper) = param.consume();
         let dims = tensor.dims();
-        let device = tensor.device();
-        let mut values = tensor
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .expect("float parameter");
-        values[self.index] += self.delta;
-        let nudged = Tensor::<D>::from_data(TensorData::new(values, dims), &device);
-        Param::from_mapped_value(id, nudged, mapper)
+        let mut delta = vec![0.0f64; dims.iter().product()];
+        delta[self.index] = self.delta;
+        let delta = Tensor::<D>::from_data(TensorData::new(delta, dims), &tensor.device())
+            .cast(tensor.dtype());
+        Param::from_mapped_value(id, tensor + delta, mapper)
     }
+}
+
+/// Casts every parameter (and buffer) to f64, keeping trained parameters leaves of the graph.
+struct ToF64 {
+    path: Vec<String>,
+}
+
+impl ModuleMapper for ToF64 {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let running = self.path.last().is_some_and(|n| n.starts_with("running_"));
+        let (id, tensor, mapper) = param.consume();
+        let cast = tensor.cast(DType::F64).detach();
+        let cast = if running { cast } else { cast.require_grad() };
+        Param::from_mapped_value(id, cast, mapper)
+    }
+}
+
+/// The model and batch in f64, when the device computes in f64.
+fn in_f64(model: &Model, batch: &CifarBatch) -> Option<(Model, CifarBatch)> {
+    if !batch.images.device().supports_dtype(DType::F64) {
+        return None;
+    }
+    let model = model.clone().map(&mut ToF64 { path: Vec::new() });
+    let batch = CifarBatch {
+        images: batch.images.clone().cast(DType::F64),
+        targets: batch.targets.clone(),
+    };
+    Some((model, batch))
 }
 
 /// One layer's worst relative error in the gradient check.
@@ -373,17 +403,122 @@ impl ModuleMapper for Nudge {
 pub struct LayerGradError {
     /// The parameter tensor.
     pub name: String,
-    /// The largest relative error among its sampled elements.
+    /// The largest relative error among its sampled elements, leaving out
+    /// probes that straddled a kink.
     pub error: f64,
+    /// Probes that count in `error`.
+    pub tested: usize,
+    /// Probes whose finite difference straddled a kink (see [`straddles_kink`]).
+    pub kinks: usize,
+    /// Probes whose relative error is above the warning threshold but whose
+    /// gap is within the finite difference's rounding: the gradient is too
+    /// small to test (vanishing gradients end up here).
+    pub at_noise: usize,
 }
 
-/// `|a - n| / max(|a|, |n|)`, 0 when both are (nearly) zero.
+/// What one finite-difference probe says.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Probe {
+    /// The relative error between analytic and numeric gradient.
+    Tested(f64),
+    /// A miss explained by a kink (see [`straddles_kink`]).
+    Kink,
+    /// A miss smaller than the finite difference's rounding error.
+    AtNoise,
+}
+
+/// Judges the analytic gradient `analytic` against the losses at `w - h`,
+/// `w` and `w + h`.
+pub fn judge_probe(
+    analytic: f64,
+    [minus, base, plus]: [f64; 3],
+    h: f64,
+    precision: Precision,
+) -> Probe {
+    let numeric = (plus - minus) / (2.0 * h);
+    let error = relative_error(analytic, numeric);
+    if error <= precision.warn {
+        return Probe::Tested(error);
+    }
+    // Rounding in the two losses limits what a finite difference can
+    // resolve: a gap below that floor says nothing about the gradient.
+    if (analytic - numeric).abs() <= precision.noise_floor(base, h) {
+        return Probe::AtNoise;
+    }
+    if straddles_kink(analytic, (plus - base) / h, (base - minus) / h) {
+        return Probe::Kink;
+    }
+    Probe::Tested(error)
+}
+
+/// Whether a probe's miss is a kink between `w - h` and `w + h` rather than
+/// a wrong gradient: with a kink on one side, the one-sided differences
+/// `forward = (L(w+h) - L(w)) / h` and `backward = (L(w) - L(w-h)) / h`
+/// disagree with each other at least as much as the central difference
+/// disagrees with the analytic gradient, and one of them agrees with it
+/// better. A wrong gradient moves all three away from the analytic value
+/// together.
+pub fn straddles_kink(analytic: f64, forward: f64, backward: f64) -> bool {
+    let central = (forward + backward) / 2.0;
+    let miss = (central - analytic).abs();
+    let sides_apart = (forward - backward).abs();
+    let best_side = (forward - analytic).abs().min((backward - analytic).abs());
+    sides_apart >= miss && best_side < miss
+}
+
+/// `|a - n| / max(|a|, |n|)`, 0 when both are zero.
 pub fn relative_error(analytic: f64, numeric: f64) -> f64 {
     let scale = analytic.abs().max(numeric.abs());
-    if scale < 1e-8 {
+    if scale == 0.0 {
         0.0
     } else {
         (analytic - numeric).abs() / scale
+    }
+}
+
+/// The arithmetic of a gradient check, with its step and thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Precision {
+    /// `f64` or `f32`.
+    pub name: &'static str,
+    /// Relative error above which the check warns.
+    pub warn: f64,
+    /// Relative error above which it fails.
+    pub fail: f64,
+}
+
+impl Precision {
+    /// Double precision: CS231n's thresholds.
+    pub const F64: Precision = Precision {
+        name: "f64",
+        warn: 1e-7,
+        fail: 1e-5,
+    };
+    /// Single precision: a finite difference is only good to about 1e-3.
+    pub const F32: Precision = Precision {
+        name: "f32",
+        warn: 1e-2,
+        fail: 1e-1,
+    };
+
+    /// The rounding error of a centered difference of losses near `loss`
+    /// with step `h`: ten times machine epsilon times the loss, over `h`.
+    fn noise_floor(&self, loss: f64, h: f64) -> f64 {
+        let epsilon = if self.name == "f64" {
+            f64::EPSILON
+        } else {
+            f32::EPSILON as f64
+        };
+        10.0 * epsilon * loss.abs().max(1.0) / h
+    }
+
+    /// The finite-difference step for a weight of magnitude `w`.
+    fn step(&self, w: f64) -> f64 {
+        if self.name == "f64" {
+            1e-5
+        } else {
+            1e-3f64.max(1e-2 * w.abs())
+        }
     }
 }
 
@@ -396,44 +531,88 @@ pub fn gradient_check(
 ) -> Result<CheckResult> {
     let trainer = Trainer::new(config, device);
     let batch = first_examples(&data.train, options.grad_batch, trainer.device());
-    let errors = layer_grad_errors(trainer.model(), &batch, options.grad_samples, config.seed);
+    let (errors, precision) =
+        layer_grad_errors(trainer.model(), &batch, options.grad_samples, config.seed);
     let worst = errors
         .iter()
         .map(|e| e.error)
         .fold(0.0f64, |a, b| if b.is_nan() { f64::NAN } else { a.max(b) });
-    let verdict = if !(worst <= GRAD_FAIL) {
+    let verdict = if !(worst <= precision.fail) {
         Verdict::Fail
-    } else if worst > GRAD_WARN {
+    } else if worst > precision.warn {
         Verdict::Warn
     } else {
         Verdict::Pass
     };
+    let kinks: usize = errors.iter().map(|e| e.kinks).sum();
+    let probes = errors.len() * options.grad_samples;
+    // Kinks explain a few misses; many mean the probes tell little.
+    let verdict = if kinks * 4 > probes {
+        verdict.max(Verdict::Warn)
+    } else {
+        verdict
+    };
     let listed: Vec<String> = errors
         .iter()
-        .map(|e| format!("{} {:.1e}", e.name, e.error))
+        .map(|e| {
+            let mut notes = Vec::new();
+            if e.kinks > 0 {
+                notes.push(format!("{} at a kink", e.kinks));
+            }
+            if e.at_noise > 0 {
+                notes.push(format!("{} too small to test", e.at_noise));
+            }
+            let notes = if notes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", notes.join(", "))
+            };
+            if e.tested == 0 {
+                format!("{} -{notes}", e.name)
+            } else {
+                format!("{} {:.1e}{notes}", e.name, e.error)
+            }
+        })
         .collect();
-    let kinked = config.model.has_kinks();
+    let at_noise: usize = errors.iter().map(|e| e.at_noise).sum();
+    let noise_note = match at_noise {
+        0 => String::new(),
+        k => format!(
+            "; {k} of {probes} probes had gradients too small for a finite difference to \
+             resolve (below its rounding error: vanishing gradients?) and are left out"
+        ),
+    };
+    let kink_note = match kinks {
+        0 => String::new(),
+        k => format!(
+            "; {k} of {probes} probes straddled a kink (ReLU, max pool or Maxout: the one-sided \
+             differences disagree, so the analytic gradient is right there) and are left out"
+        ),
+    };
     let mut advice = String::from(
         "a large error means the backward pass disagrees with the forward pass: a custom layer's \
          gradient is wrong, or the loss is not differentiable where it was probed",
     );
-    if kinked {
+    if config.model.has_kinks() {
         advice.push_str(
             "; this model has kinks (ReLU, max pool or Maxout): a finite difference that \
-             crosses one disagrees with the analytic gradient, so an isolated miss is expected",
+             crosses one disagrees with the analytic gradient, so an isolated miss in one tensor is expected",
         );
     }
     Ok(result(
         "gradient-check",
         verdict,
         format!(
-            "worst relative error {worst:.1e} over {} tensors x {} elements (f32); per tensor: {}",
+            "worst relative error {worst:.1e} over {} tensors x {} elements ({}, {} examples){kink_note}{noise_note}; per tensor: {}",
             errors.len(),
             options.grad_samples,
+            precision.name,
+            options.grad_batch,
             listed.join(", ")
         ),
         format!(
-            "relative error below {GRAD_WARN:.0e} (f32; warn above, fail above {GRAD_FAIL:.0e})"
+            "relative error below {:.0e} ({}; warn above, fail above {:.0e})",
+            precision.warn, precision.name, precision.fail
         ),
         advice,
     ))
@@ -442,54 +621,63 @@ pub fn gradient_check(
 /// The worst relative error of each parameter tensor of `model` (in training
 /// mode, on an autodiff device) on `batch`, over `samples` elements each,
 /// drawn at random among the elements whose gradient is at least the
-/// tensor's median (where a finite difference in f32 is above its noise).
+/// tensor's median (so that the finite difference is above its noise).
+/// Computes in f64 when the device can, in f32 otherwise.
 pub fn layer_grad_errors(
     model: &Model,
     batch: &CifarBatch,
     samples: usize,
     seed: u64,
-) -> Vec<LayerGradError> {
+) -> (Vec<LayerGradError>, Precision) {
+    let (model, batch, precision) = match in_f64(model, batch) {
+        Some((m, b)) => (m, b, Precision::F64),
+        None => (model.clone(), batch.clone(), Precision::F32),
+    };
     let loss_fn = burn::nn::loss::CrossEntropyLossConfig::new().init(&batch.images.device());
     let loss_of = |m: &Model| -> f64 {
         let logits = m.forward(batch.images.clone());
         loss_fn
             .forward(logits, batch.targets.clone())
-            .into_scalar::<f32>() as f64
+            .into_scalar::<f64>()
     };
     let logits = model.forward(batch.images.clone());
     let loss = loss_fn.forward(logits, batch.targets.clone());
-    let grads = GradientsParams::from_grads(loss.backward(), model);
+    let base = loss.clone().into_scalar::<f64>();
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
     let mut rng_state = cifar_data::mix_seed(seed, 0x6772_6164);
     let mut next = move |n: usize| {
         rng_state = cifar_data::mix_seed(rng_state, 1);
         (rng_state % n.max(1) as u64) as usize
     };
     let mut out = Vec::new();
-    for p in parameters(model, Some(&grads)) {
+    for p in parameters(&model, Some(&grads)) {
         let grad = p
             .grad
             .clone()
             .expect("parameters were given gradients")
             .into_data()
-            .try_into_vec_as::<f32>()
+            .try_into_vec_as::<f64>()
             .expect("float gradient");
         let values = p
             .value
             .clone()
             .into_data()
-            .try_into_vec_as::<f32>()
+            .try_into_vec_as::<f64>()
             .expect("float parameter");
-        let mut magnitudes: Vec<f32> = grad.iter().map(|g| g.abs()).collect();
-        magnitudes.sort_by(f32::total_cmp);
+        let mut magnitudes: Vec<f64> = grad.iter().map(|g| g.abs()).collect();
+        magnitudes.sort_by(f64::total_cmp);
         let median = magnitudes[magnitudes.len() / 2];
         let candidates: Vec<usize> = (0..grad.len())
             .filter(|&i| grad[i].abs() >= median)
             .collect();
         let mut worst = 0.0f64;
+        let mut kinks = 0;
+        let mut at_noise = 0;
+        let mut tested = 0;
         for _ in 0..samples.min(candidates.len()) {
             let index = candidates[next(candidates.len())];
-            let h = 1e-3f32.max(1e-2 * values[index].abs());
-            let nudged = |delta: f32| {
+            let h = precision.step(values[index]);
+            let nudged = |delta: f64| {
                 model.clone().map(&mut Nudge {
                     id: p.id,
                     index,
@@ -498,20 +686,28 @@ pub fn layer_grad_errors(
             };
             let plus = loss_of(&nudged(h));
             let minus = loss_of(&nudged(-h));
-            let numeric = (plus - minus) / (2.0 * h as f64);
-            let error = relative_error(grad[index] as f64, numeric);
-            worst = if error.is_nan() {
-                f64::NAN
-            } else {
-                worst.max(error)
-            };
+            match judge_probe(grad[index], [minus, base, plus], h, precision) {
+                Probe::AtNoise => at_noise += 1,
+                Probe::Kink => kinks += 1,
+                Probe::Tested(error) => {
+                    tested += 1;
+                    worst = if error.is_nan() {
+                        f64::NAN
+                    } else {
+                        worst.max(error)
+                    };
+                }
+            }
         }
         out.push(LayerGradError {
             name: p.name.clone(),
             error: worst,
+            tested,
+            kinks,
+            at_noise,
         });
     }
-    out
+    (out, precision)
 }
 
 /// Check 5: per-channel mean and std of the preprocessed training split, label counts, finiteness.
@@ -602,13 +798,8 @@ pub fn data_check(config: &TrainConfig, train: &Features, classes: usize) -> Che
         name: "data".into(),
         verdict,
         measured: format!(
-            "{} training examples, {} per {} (mean/std): {}; {} to {} per class; {non_finite} non-finite values",
+            "{} training examples; mean/std per {}: {}; {} to {} examples per class; {non_finite} non-finite values",
             train.len(),
-            if channels > 1 {
-                "channel"
-            } else {
-                "feature set"
-            },
             if channels > 1 { "channel" } else { "vector" },
             shown.join(" "),
             min_count,
@@ -623,6 +814,13 @@ pub fn data_check(config: &TrainConfig, train: &Features, classes: usize) -> Che
         },
         advice: problems.join("; "),
     }
+}
+
+/// Whether the tiny rate moved the loss by under 1% (`moved` is the relative
+/// change), and whether the huge one diverged or drove the loss above 3x
+/// chance (`worst` is its highest loss, `chance` is ln(classes)).
+pub fn extremes_ok(moved: f64, diverged: bool, worst: f64, chance: f64) -> (bool, bool) {
+    (moved < 0.01, diverged || worst > 3.0 * chance)
 }
 
 /// Check 6: a tiny rate barely moves the loss; a huge one makes it blow up, and the run says so.
@@ -685,8 +883,7 @@ pub fn lr_extremes(
         }
     }
     let chance = (classes as f64).ln();
-    let tiny_ok = moved < 0.01;
-    let huge_ok = exploded.is_some() || worst > 3.0 * chance;
+    let (tiny_ok, huge_ok) = extremes_ok(moved, exploded.is_some(), worst, chance);
     let verdict = if tiny_ok && huge_ok {
         Verdict::Pass
     } else {
@@ -729,10 +926,91 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_kink_is_told_apart_from_a_wrong_gradient() {
+        // relu(x) at x = 0.3e-5 with h = 1e-5: the backward side crosses the
+        // kink. Forward difference 1 (right), backward 0.65, analytic 1.
+        assert!(straddles_kink(1.0, 1.0, 0.65));
+        // A gradient off by 10%: both sides agree with each other, not with it.
+        assert!(!straddles_kink(1.1, 1.0, 1.0));
+        // Both sides off in the same direction, slightly apart: still a wrong gradient.
+        assert!(!straddles_kink(1.5, 1.01, 0.99));
+    }
+
+    #[test]
+    fn a_wrong_gradient_fails_and_a_right_one_passes() {
+        // L(w) = w^2 at w = 1: dL/dw = 2. Exact losses at 1 - h, 1, 1 + h.
+        let h = 1e-5;
+        let losses = [(1.0f64 - h).powi(2), 1.0, (1.0 + h).powi(2)];
+        let p = Precision::F64;
+        match judge_probe(2.0, losses, h, p) {
+            Probe::Tested(e) => assert!(e < p.warn, "{e}"),
+            other => panic!("{other:?}"),
+        }
+        // A backward pass that forgot the factor 2: error 0.5, far above the fail line.
+        match judge_probe(1.0, losses, h, p) {
+            Probe::Tested(e) => assert!(e > p.fail && (e - 0.5).abs() < 1e-6, "{e}"),
+            other => panic!("{other:?}"),
+        }
+        // |w| at w = 0.3h: the backward side crosses the kink at 0.
+        let w = 0.3 * h;
+        let abs = [(w - h).abs(), w, w + h];
+        assert_eq!(judge_probe(1.0, abs, h, p), Probe::Kink);
+        // A gradient of 1e-12 against a difference that resolves only ~1e-10.
+        let flat = [2.3, 2.3 + 1e-16, 2.3];
+        assert_eq!(judge_probe(1e-12, flat, h, p), Probe::AtNoise);
+    }
+
+    #[test]
+    fn extremes_fail_when_the_rate_is_ignored() {
+        let chance = 10f64.ln();
+        assert_eq!(extremes_ok(0.001, true, 0.0, chance), (true, true));
+        // The tiny rate moved the loss by 30%: the update is not scaled by the rate.
+        assert!(!extremes_ok(0.3, true, 0.0, chance).0);
+        // The huge rate left the loss at chance: no gradient reaches the weights.
+        assert!(!extremes_ok(0.0, false, 2.31, chance).1);
+        // Far above chance without NaN still counts as blowing up.
+        assert!(extremes_ok(0.0, false, 50.0, chance).1);
+    }
+
+    #[test]
+    fn data_with_nan_fails_and_uncentered_data_warns() {
+        use cifar_data::FeatureShape;
+        let config = TrainConfig::default();
+        let labels: Vec<u8> = (0..20).map(|i| (i % 10) as u8).collect();
+        let mut values = vec![0.5f32; 20 * 3072];
+        values[7] = f32::NAN;
+        let bad = Features {
+            values,
+            labels: labels.clone(),
+            shape: FeatureShape::IMAGE,
+        };
+        let r = data_check(&config, &bad, 10);
+        assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
+        assert!(r.advice.contains("NaN"), "{r:?}");
+        // Centered data passes; the same data under --preprocess none warns.
+        let good = Features {
+            values: (0..20 * 3072)
+                .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
+                .collect(),
+            labels,
+            shape: FeatureShape::IMAGE,
+        };
+        assert_eq!(data_check(&config, &good, 10).verdict, Verdict::Pass);
+        let none = TrainConfig {
+            preprocess: Preprocessing::None,
+            ..TrainConfig::default()
+        };
+        let r = data_check(&none, &good, 10);
+        assert_eq!(r.verdict, Verdict::Warn, "{r:?}");
+        assert!(r.advice.contains("zero-centered"), "{r:?}");
+    }
+
+    #[test]
     fn relative_error_by_hand() {
         assert_eq!(relative_error(1.0, 1.0), 0.0);
         assert!((relative_error(1.0, 0.9) - 0.1).abs() < 1e-12);
         assert!((relative_error(-2.0, 2.0) - 2.0).abs() < 1e-12);
-        assert_eq!(relative_error(0.0, 1e-12), 0.0);
+        assert_eq!(relative_error(0.0, 0.0), 0.0);
+        assert_eq!(relative_error(0.0, 1e-12), 1.0);
     }
 }
