@@ -152,10 +152,18 @@ pub fn train(
         None => None,
     };
     let warmup = crate::monitor::EARLY_STEPS;
-    let mut step = |trainer: &mut Trainer, iteration: usize| -> Result<()> {
+    let mut timed = monitor.as_mut().map(|m| Timed {
+        inner: m,
+        seconds: 0.0,
+        points: 0,
+    });
+    let step = |trainer: &mut Trainer,
+                timed: &mut Option<Timed<'_>>,
+                iteration: usize|
+     -> Result<()> {
         let mut observers: Vec<&mut dyn StepObserver> = Vec::new();
-        if let Some(m) = monitor.as_mut() {
-            observers.push(m);
+        if let Some(t) = timed.as_mut() {
+            observers.push(t);
         }
         let info = StepInfo {
             epoch: 0,
@@ -170,23 +178,75 @@ pub fn train(
     };
     // Warm up past the monitor's every-step phase, then time.
     for i in 0..warmup {
-        step(&mut trainer, i)?;
+        step(&mut trainer, &mut timed, i)?;
     }
     let start = Instant::now();
+    let mut inside_before = 0.0;
+    let mut points_before = 0;
     for i in 0..steps {
-        step(&mut trainer, warmup + i)?;
+        if i == 0
+            && let Some(t) = timed.as_ref()
+        {
+            (inside_before, points_before) = (t.seconds, t.points);
+        }
+        step(&mut trainer, &mut timed, warmup + i)?;
     }
     let secs = start.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&scratch);
-    let monitored = match monitor_every {
-        Some(every) => format!(", layer monitor every {every} steps"),
-        None => String::new(),
+    let monitored = match (monitor_every, timed.as_ref()) {
+        (Some(every), Some(t)) => {
+            let inside = t.seconds - inside_before;
+            format!(
+                ", layer monitor every {every} steps ({} points, {inside:.3} s inside the monitor = {:.1}% of the timed steps)",
+                t.points - points_before,
+                100.0 * inside / secs
+            )
+        }
+        _ => String::new(),
     };
     println!(
         "{backend} training, batch {batch_size}, {steps} steps after {warmup} warmup{monitored}: {:.0} images/s",
         (steps * batch_size) as f64 / secs
     );
     Ok(())
+}
+
+/// Times another observer's callbacks.
+struct Timed<'a> {
+    inner: &'a mut LayerMonitor,
+    seconds: f64,
+    points: usize,
+}
+
+impl StepObserver for Timed<'_> {
+    fn observes(&self, iteration: usize) -> bool {
+        self.inner.observes(iteration)
+    }
+
+    fn on_gradients(
+        &mut self,
+        step: &StepInfo,
+        model: &cifar_models::Model,
+        grads: &burn::optim::GradientsParams,
+    ) -> Result<()> {
+        let start = Instant::now();
+        let result = self.inner.on_gradients(step, model, grads);
+        self.seconds += start.elapsed().as_secs_f64();
+        result
+    }
+
+    fn on_update(
+        &mut self,
+        step: &StepInfo,
+        before: &cifar_models::Model,
+        after: &cifar_models::Model,
+    ) -> Result<()> {
+        let start = Instant::now();
+        let result = self.inner.on_update(step, before, after);
+        self.seconds += start.elapsed().as_secs_f64();
+        self.points += 1;
+        result
+    }
 }
 
 fn tempfile_path(name: &str) -> std::path::PathBuf {

@@ -171,6 +171,7 @@ pub fn loss_chart(
             chart
                 .configure_mesh()
                 .x_desc("step")
+                .x_label_formatter(&|x| format!("{x:.0}"))
                 .y_desc("loss (log scale)")
                 .label_style(label_style())
                 .draw()?;
@@ -191,6 +192,7 @@ pub fn loss_chart(
             chart
                 .configure_mesh()
                 .x_desc("step")
+                .x_label_formatter(&|x| format!("{x:.0}"))
                 .y_desc("loss")
                 .label_style(label_style())
                 .draw()?;
@@ -323,7 +325,12 @@ pub fn accuracy_chart(path: &Path, epochs: &[(usize, EpochSummary)]) -> Result<(
 /// `lr.png`: the learning rate of every step.
 pub fn lr_chart(path: &Path, steps: &[StepInfo]) -> Result<()> {
     let x_max = steps.last().map_or(1, |s| s.iteration + 1).max(2) as f64;
-    let (_, hi) = span(steps.iter().map(|s| s.lr), 0.05);
+    let hi = steps
+        .iter()
+        .map(|s| s.lr)
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max)
+        * 1.1;
     draw(path, (900, 400), |root| {
         let mut chart = ChartBuilder::on(root)
             .caption("Learning-rate schedule", caption_style())
@@ -334,6 +341,7 @@ pub fn lr_chart(path: &Path, steps: &[StepInfo]) -> Result<()> {
         chart
             .configure_mesh()
             .x_desc("step")
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .y_desc("learning rate")
             .y_label_formatter(&|y| format!("{y:.1e}"))
             .label_style(label_style())
@@ -386,6 +394,7 @@ pub fn update_ratio_chart(path: &Path, ratios: &[RatioPoint]) -> Result<()> {
         chart
             .configure_mesh()
             .x_desc("step")
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .y_desc("||update|| / ||weight|| (log scale)")
             .y_label_formatter(&|y| format!("{y:.0e}"))
             .label_style(label_style())
@@ -433,7 +442,7 @@ fn histogram_rows(
         let mut chart = ChartBuilder::on(cell)
             .margin_left(10)
             .margin_right(20)
-            .margin_top(4)
+            .margin_top(20)
             .x_label_area_size(if last { 40 } else { 18 })
             .y_label_area_size(70)
             .build_cartesian_2d(lo..hi, 0f64..max * 1.05)?;
@@ -456,7 +465,7 @@ fn histogram_rows(
         }))?;
         cell.draw(&Text::new(
             title.clone(),
-            (80, 4),
+            (80, 2),
             (FAMILY, 14).into_font().style(FontStyle::Bold),
         ))?;
     }
@@ -524,13 +533,14 @@ pub fn confusion_chart(
     title: &str,
 ) -> Result<()> {
     let n = matrix.len();
-    draw(path, (860, 800), |root| {
+    let last = n.saturating_sub(1);
+    draw(path, (1000, 820), |root| {
         let mut chart = ChartBuilder::on(root)
             .caption(title, caption_style())
             .margin(15)
-            .x_label_area_size(90)
+            .x_label_area_size(55)
             .y_label_area_size(100)
-            .build_cartesian_2d((0..n).into_segmented(), (0..n).into_segmented())?;
+            .build_cartesian_2d((0..last).into_segmented(), (0..last).into_segmented())?;
         let name = |v: &SegmentValue<usize>| match v {
             SegmentValue::CenterOf(i) if *i < n => {
                 classes.get(*i).copied().unwrap_or("").to_string()
@@ -553,11 +563,7 @@ pub fn confusion_chart(
             .y_desc("true class")
             .x_label_formatter(&name)
             .y_label_formatter(&row_name)
-            .x_label_style(
-                label_style()
-                    .transform(FontTransform::Rotate90)
-                    .pos(Pos::new(HPos::Left, VPos::Center)),
-            )
+            .x_label_style((FAMILY, 13).into_font().color(&BLACK))
             .y_label_style(label_style())
             .draw()?;
         let row_y = |r: usize| n - 1 - r;
