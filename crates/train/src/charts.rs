@@ -683,9 +683,12 @@ pub fn lr_find_chart(path: &Path, result: &LrFindResult) -> Result<()> {
     let points = &result.points;
     let lr_lo = points.first().map_or(1e-7, |p| p.lr);
     let lr_hi = points.last().map_or(10.0, |p| p.lr).max(lr_lo * 10.0);
-    let (lo, hi) = span(points.iter().flat_map(|p| [p.smoothed]), 0.08);
+    let (lo, hi) = span(points.iter().map(|p| p.smoothed), 0.0);
     let first = points.first().map_or(hi, |p| p.smoothed);
+    // The sweep ends in a blow-up: show it up to twice the starting loss.
     let hi = hi.min(first * 2.0).max(lo + 1e-6);
+    let pad = 0.08 * (hi - lo);
+    let (lo, hi) = (lo - pad, hi + pad);
     draw(path, (1000, 560), |root| {
         let mut chart = ChartBuilder::on(root)
             .caption("Learning-rate finder", caption_style())

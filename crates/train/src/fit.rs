@@ -229,6 +229,9 @@ pub fn fit(
                 ));
                 state.initial_loss = Some(initial);
             }
+            if let Some(m) = monitor.as_mut() {
+                m.print_new_warnings();
+            }
             let loss = match outcome {
                 StepOutcome::Updated { loss } => loss,
                 StepOutcome::Diverged(divergence) => {

@@ -108,6 +108,7 @@ pub struct LayerMonitor {
     low_streak: BTreeMap<String, usize>,
     warned: BTreeSet<String>,
     warnings: Vec<String>,
+    printed: usize,
     ratios: Vec<RatioPoint>,
     snapshots: Vec<(usize, Vec<LayerSnapshot>)>,
 }
@@ -166,6 +167,7 @@ impl LayerMonitor {
             low_streak: BTreeMap::new(),
             warned: BTreeSet::new(),
             warnings: Vec::new(),
+            printed: 0,
             ratios,
             snapshots: Vec::new(),
         })
@@ -231,9 +233,16 @@ impl LayerMonitor {
 
     fn warn(&mut self, key: String, text: String) {
         if self.warned.insert(key) {
-            self.progress.line(&format!("warning: {text}"));
             self.warnings.push(text);
         }
+    }
+
+    /// Prints the warnings given since the last call, as `warning: ...` lines.
+    pub fn print_new_warnings(&mut self) {
+        for text in &self.warnings[self.printed..] {
+            self.progress.line(&format!("warning: {text}"));
+        }
+        self.printed = self.warnings.len();
     }
 
     fn record(&mut self, step: usize, layer: &str, parameter: &str, stat: &str, value: f64) {

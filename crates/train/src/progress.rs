@@ -64,6 +64,29 @@ impl Progress {
         }
     }
 
+    /// A bar for a task of `steps` steps other than an epoch (on a terminal;
+    /// otherwise a line every fifth of the way).
+    pub fn task_bar(&self, name: &str, steps: usize) -> TaskBar {
+        let bar = self.bars.then(|| {
+            let bar =
+                ProgressBar::with_draw_target(Some(steps as u64), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(name.to_string());
+            bar
+        });
+        TaskBar {
+            bar,
+            progress: *self,
+            name: name.to_string(),
+            steps,
+            done: 0,
+        }
+    }
+
     /// The line after each epoch.
     pub fn epoch_line(&self, s: &EpochSummary, epochs: usize) {
         self.line(&format!(
@@ -96,6 +119,42 @@ impl EpochBar {
                 self.progress.line(&format!(
                     "  epoch {} step {}/{}: loss {loss:.4}, {images_per_sec:.0} img/s",
                     self.epoch, self.done, self.steps
+                ));
+            }
+            None => {}
+        }
+    }
+
+    /// Clears the bar.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Progress of a task other than an epoch.
+pub struct TaskBar {
+    bar: Option<ProgressBar>,
+    progress: Progress,
+    name: String,
+    steps: usize,
+    done: usize,
+}
+
+impl TaskBar {
+    /// One more step done; `message` says where it stands.
+    pub fn step(&mut self, message: &str) {
+        self.done += 1;
+        match &self.bar {
+            Some(bar) => {
+                bar.set_message(message.to_string());
+                bar.inc(1);
+            }
+            None if self.done.is_multiple_of((self.steps / 5).max(1)) => {
+                self.progress.line(&format!(
+                    "  {} {}/{}: {message}",
+                    self.name, self.done, self.steps
                 ));
             }
             None => {}

@@ -418,3 +418,26 @@ fn report_renders_in_a_real_browser() {
         "the screenshot is nearly blank ({inked} inked pixels)"
     );
 }
+
+#[test]
+fn fit_with_lr_find_trains_at_the_suggested_rate() {
+    let (tmp, data) = dataset();
+    let out = tmp.path().join("run");
+    let mut args = small_fit(data.to_str().unwrap(), out.to_str().unwrap(), "flex", "1");
+    let lr = args.iter().position(|a| *a == "0.01").unwrap();
+    args[lr] = "find";
+    let summary = json(&ok(&args));
+    assert_eq!(summary["status"], "finished");
+    let found: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("lr-find.json")).unwrap()).unwrap();
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["lr"], found["lr"]);
+    assert_eq!(found["lr"], found["suggestions"]["valley"]);
+    assert!(out.join("lr-find.png").is_file());
+    assert!(
+        std::fs::read_to_string(out.join("report.html"))
+            .unwrap()
+            .contains("lr-find.png")
+    );
+}

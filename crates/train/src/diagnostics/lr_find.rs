@@ -199,8 +199,7 @@ pub fn lr_find(
     let mut points = Vec::new();
     let mut best = f64::INFINITY;
     let mut stopped = format!("reached --end {:.0e}", finder.end);
-    let bar = progress.epoch_bar(1, 1, finder.steps, 0);
-    let mut bar = bar;
+    let mut bar = progress.task_bar("lr-find", finder.steps);
     let mut batches = Vec::new();
     for i in 0..finder.steps {
         let epoch = i / per_epoch;
@@ -225,7 +224,7 @@ pub fn lr_find(
         losses.push(loss);
         let smoothed = *smooth(&losses, finder.beta).last().expect("a loss");
         points.push(LrPoint { lr, loss, smoothed });
-        bar.step(smoothed, 0.0);
+        bar.step(&format!("lr {lr:.2e}, smoothed loss {smoothed:.4}"));
         if !smoothed.is_finite() || !loss.is_finite() {
             stopped = format!("the loss became {loss} at lr {lr:.2e}");
             break;
