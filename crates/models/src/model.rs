@@ -88,6 +88,14 @@ impl ModelConfig {
         }
     }
 
+    /// The activation of the hidden layers.
+    pub fn activation(&self) -> ActivationConfig {
+        match self {
+            ModelConfig::Mlp(m) => m.activation,
+            ModelConfig::Cnn(c) => c.activation,
+        }
+    }
+
     /// Output classes.
     pub fn classes(&self) -> usize {
         match self {

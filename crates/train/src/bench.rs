@@ -139,7 +139,7 @@ pub fn train(
                 steps.max(1) * 20,
                 Some(every),
                 0,
-                config.model.clone().layer_settings().activation.clone(),
+                config.model.activation(),
             ),
             random_batch(&device).images.slice(0..batch_size.min(64)),
             &scratch,

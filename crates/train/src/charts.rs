@@ -19,6 +19,8 @@ use std::sync::Once;
 
 use anyhow::{Result, anyhow};
 use plotters::coord::Shift;
+use plotters::coord::ranged1d::{Ranged, ValueFormatter};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
@@ -159,6 +161,13 @@ pub fn loss_chart(
             .x_label_area_size(45)
             .y_label_area_size(70);
         let positive = losses.iter().copied().filter(|v| v.is_finite() && *v > 0.0);
+        let series = LossSeries {
+            steps,
+            losses: &losses,
+            mean: &mean,
+            window,
+            epoch_ends,
+        };
         if log_y {
             let lo = positive.clone().fold(f64::INFINITY, f64::min);
             let hi = positive.fold(0.0f64, f64::max);
@@ -168,47 +177,56 @@ pub fn loss_chart(
                 (0.1, 10.0)
             };
             let mut chart = builder.build_cartesian_2d(1f64..x_max, (lo..hi).log_scale())?;
-            chart
-                .configure_mesh()
-                .x_desc("step")
-                .x_label_formatter(&|x| format!("{x:.0}"))
-                .y_desc("loss (log scale)")
-                .label_style(label_style())
-                .draw()?;
-            draw_loss_series(
-                &mut chart,
-                steps,
-                &losses,
-                &mean,
-                window,
-                epoch_ends,
-                (lo, hi),
-            )?;
-            legend(&mut chart, SeriesLabelPosition::UpperRight)?;
+            series.draw(&mut chart, "loss (log scale)", (lo, hi))
         } else {
             let (lo, hi) = span(losses.iter().copied(), 0.05);
             let lo = lo.max(0.0);
             let mut chart = builder.build_cartesian_2d(1f64..x_max, lo..hi)?;
-            chart
-                .configure_mesh()
-                .x_desc("step")
-                .x_label_formatter(&|x| format!("{x:.0}"))
-                .y_desc("loss")
-                .label_style(label_style())
-                .draw()?;
-            draw_loss_series(
-                &mut chart,
-                steps,
-                &losses,
-                &mean,
-                window,
-                epoch_ends,
-                (lo, hi),
-            )?;
-            legend(&mut chart, SeriesLabelPosition::UpperRight)?;
+            series.draw(&mut chart, "loss", (lo, hi))
         }
-        Ok(())
     })
+}
+
+/// What `loss.png` shows, drawn the same on a linear or a log axis.
+struct LossSeries<'s> {
+    steps: &'s [StepInfo],
+    losses: &'s [f64],
+    mean: &'s [f64],
+    window: usize,
+    epoch_ends: &'s [usize],
+}
+
+impl LossSeries<'_> {
+    fn draw<'a, DB, Y>(
+        &self,
+        chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, Y>>,
+        y_desc: &str,
+        range: (f64, f64),
+    ) -> DrawResult
+    where
+        DB: DrawingBackend + 'a,
+        DB::ErrorType: 'static,
+        Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    {
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_desc(y_desc)
+            .label_style(label_style())
+            .draw()?;
+        draw_loss_series(
+            chart,
+            self.steps,
+            self.losses,
+            self.mean,
+            self.window,
+            self.epoch_ends,
+            range,
+        )?;
+        legend(chart, SeriesLabelPosition::UpperRight)?;
+        Ok(())
+    }
 }
 
 fn draw_loss_series<'a, DB: DrawingBackend + 'a, CT>(

@@ -174,7 +174,7 @@ pub fn fit(
                 per_epoch,
                 every,
                 (config.warmup * per_epoch as f64).ceil() as usize,
-                config.model.clone().layer_settings().activation.clone(),
+                config.model.activation(),
             );
             Some(LayerMonitor::new(
                 settings,

@@ -400,18 +400,14 @@ impl Callback for LayerMonitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{LrSchedule, OptimizerKind, TrainConfig};
+    use crate::config::{OptimizerKind, TrainConfig};
     use crate::params::parameters;
     use crate::trainer::Trainer;
     use cifar_data::CifarBatch;
     use cifar_models::{MlpConfig, ModelConfig};
 
-    /// With plain SGD (no momentum, no decay) the update is `-lr * g`, so the
-    /// ratio must equal `lr * ||g|| / ||W||` computed from the gradient and
-    /// the weights before the step.
-    #[test]
-    fn update_ratio_is_lr_times_grad_over_weight_under_plain_sgd() {
-        let device = Device::flex();
+    /// A 6-5-10 MLP under plain SGD (no momentum, no decay).
+    fn tiny_trainer() -> Trainer {
         let config = TrainConfig {
             model: ModelConfig::Mlp(
                 MlpConfig::new()
@@ -420,26 +416,60 @@ mod tests {
             ),
             optimizer: OptimizerKind::Sgd,
             weight_decay: 0.0,
-            lr_schedule: LrSchedule::Constant,
             ..TrainConfig::default()
         };
-        let mut trainer = Trainer::new(&config, &device);
-        let d = trainer.device().clone();
+        Trainer::new(&config, &Device::flex())
+    }
+
+    /// The same four examples every call (a graph's tape is consumed by its
+    /// backward pass, so each use needs its own copy).
+    fn tiny_batch(device: &Device) -> CifarBatch {
         let values: Vec<f32> = (0..24).map(|i| ((i * 7 % 11) as f32 - 5.0) / 5.0).collect();
-        let make_batch = || CifarBatch {
-            images: Tensor::<4>::from_data(TensorData::new(values.clone(), [4, 6, 1, 1]), &d),
-            targets: Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 3], [4]), &d),
-        };
-        let batch = make_batch();
-        // The expected ratios, by hand from the gradients of the same batch (a
-        // separate copy: a graph's tape is consumed by its backward pass).
+        CifarBatch {
+            images: Tensor::<4>::from_data(TensorData::new(values, [4, 6, 1, 1]), device),
+            targets: Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 3], [4]), device),
+        }
+    }
+
+    /// A monitor of every step writing into `dir`.
+    fn monitor_in(dir: &std::path::Path) -> LayerMonitor {
+        LayerMonitor::new(
+            MonitorSettings::for_run(100, Some(1), 0, ActivationConfig::Relu),
+            Tensor::<4>::zeros([2, 6, 1, 1], &Device::flex()),
+            &dir.join("layers.csv"),
+            None,
+            Progress {
+                to_stderr: true,
+                bars: false,
+            },
+        )
+        .unwrap()
+    }
+
+    fn first_step(lr: f64) -> StepInfo {
+        StepInfo {
+            epoch: 0,
+            iteration: 0,
+            loss: f64::NAN,
+            lr,
+        }
+    }
+
+    /// With plain SGD the update is `-lr * g`, so the ratio must equal
+    /// `lr * ||g|| / ||W||` computed from the gradient and the weights
+    /// before the step.
+    #[test]
+    fn update_ratio_is_lr_times_grad_over_weight_under_plain_sgd() {
+        let mut trainer = tiny_trainer();
+        let device = trainer.device().clone();
+        let lr = 0.1;
+        // The expected ratios, by hand from the gradients of the same batch.
         let model = trainer.model().clone();
-        let copy = make_batch();
+        let copy = tiny_batch(&device);
         let loss = burn::nn::loss::CrossEntropyLossConfig::new()
-            .init(&d)
+            .init(&device)
             .forward(model.forward(copy.images), copy.targets);
         let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &model);
-        let lr = 0.1;
         let expected: Vec<(String, f64)> = parameters(&model, Some(&grads))
             .into_iter()
             .filter(|p| p.is_weight())
@@ -450,24 +480,10 @@ mod tests {
             })
             .collect();
         let dir = tempfile::tempdir().unwrap();
-        let mut monitor = LayerMonitor::new(
-            MonitorSettings::for_run(10, Some(1), 0, ActivationConfig::Relu),
-            Tensor::<4>::zeros([2, 6, 1, 1], &device),
-            &dir.path().join("layers.csv"),
-            None,
-            Progress {
-                to_stderr: true,
-                bars: false,
-            },
-        )
-        .unwrap();
-        let info = StepInfo {
-            epoch: 0,
-            iteration: 0,
-            loss: f64::NAN,
-            lr,
-        };
-        trainer.step(batch, lr, info, &mut [&mut monitor]).unwrap();
+        let mut monitor = monitor_in(dir.path());
+        trainer
+            .step(tiny_batch(&device), lr, first_step(lr), &mut [&mut monitor])
+            .unwrap();
         assert_eq!(monitor.ratios().len(), expected.len());
         for (point, (name, ratio)) in monitor.ratios().iter().zip(&expected) {
             assert_eq!(&point.name, name);
@@ -485,47 +501,17 @@ mod tests {
 
     #[test]
     fn a_far_too_large_ratio_warns_at_once_and_names_the_flag() {
-        let device = Device::flex();
-        let config = TrainConfig {
-            model: ModelConfig::Mlp(
-                MlpConfig::new()
-                    .with_input_size(6)
-                    .with_hidden_sizes(vec![5]),
-            ),
-            optimizer: OptimizerKind::Sgd,
-            weight_decay: 0.0,
-            ..TrainConfig::default()
-        };
-        let mut trainer = Trainer::new(&config, &device);
-        let d = trainer.device().clone();
-        let batch = CifarBatch {
-            images: Tensor::<4>::random(
-                [4, 6, 1, 1],
-                burn::tensor::Distribution::Normal(0.0, 1.0),
-                &d,
-            ),
-            targets: Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 3], [4]), &d),
-        };
+        let mut trainer = tiny_trainer();
+        let device = trainer.device().clone();
         let dir = tempfile::tempdir().unwrap();
-        let mut monitor = LayerMonitor::new(
-            MonitorSettings::for_run(100, Some(1), 0, ActivationConfig::Relu),
-            Tensor::<4>::zeros([2, 6, 1, 1], &device),
-            &dir.path().join("layers.csv"),
-            None,
-            Progress {
-                to_stderr: true,
-                bars: false,
-            },
-        )
-        .unwrap();
-        let info = StepInfo {
-            epoch: 0,
-            iteration: 0,
-            loss: f64::NAN,
-            lr: 50.0,
-        };
+        let mut monitor = monitor_in(dir.path());
         trainer
-            .step(batch, 50.0, info, &mut [&mut monitor])
+            .step(
+                tiny_batch(&device),
+                50.0,
+                first_step(50.0),
+                &mut [&mut monitor],
+            )
             .unwrap();
         assert!(
             monitor.warnings().iter().any(|w| w.contains("lower --lr")),

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{dataset, json, ok, run, small_fit, stderr, stdout};
+use common::{dataset, json, ok, run, small_fit, stderr, stdout, with_lr};
 
 /// `train check --json` on the generated data with `extra` flags: (exit code, report).
 fn check(data: &Path, extra: &[&str]) -> (i32, Value) {
@@ -255,9 +255,10 @@ fn fit_writes_monitor_charts_and_report() {
 fn tiny_learning_rate_warns_that_updates_are_too_small() {
     let (tmp, data) = dataset();
     let out = tmp.path().join("run");
-    let mut args = small_fit(data.to_str().unwrap(), out.to_str().unwrap(), "flex", "3");
-    let lr = args.iter().position(|a| *a == "0.01").unwrap();
-    args[lr] = "1e-6";
+    let args = with_lr(
+        small_fit(data.to_str().unwrap(), out.to_str().unwrap(), "flex", "3"),
+        "1e-6",
+    );
     let summary = json(&ok(&args));
     let warnings = summary["warnings"].as_array().unwrap();
     assert!(
@@ -272,13 +273,15 @@ fn tiny_learning_rate_warns_that_updates_are_too_small() {
 fn diverging_run_names_the_layers_and_keeps_its_metrics() {
     let (tmp, data) = dataset();
     let out = tmp.path().join("run");
-    let mut args = small_fit(data.to_str().unwrap(), out.to_str().unwrap(), "flex", "3");
-    let lr = args.iter().position(|a| *a == "0.01").unwrap();
-    args[lr] = "1000";
+    let args = with_lr(
+        small_fit(data.to_str().unwrap(), out.to_str().unwrap(), "flex", "3"),
+        "1000",
+    );
     let result = run(&args);
     assert!(!result.status.success());
     let err = stderr(&result);
     assert!(err.contains("training diverged"), "{err}");
+    assert!(err.contains("Lower the learning rate"), "{err}");
     assert!(err.contains("update/weight ratio was far above"), "{err}");
     assert!(
         err.contains("output.weight") || err.contains("hidden"),
@@ -423,9 +426,10 @@ fn report_renders_in_a_real_browser() {
 fn fit_with_lr_find_trains_at_the_suggested_rate() {
     let (tmp, data) = dataset();
     let out = tmp.path().join("run");
-    let mut args = small_fit(data.to_str().unwrap(), out.to_str().unwrap(), "flex", "1");
-    let lr = args.iter().position(|a| *a == "0.01").unwrap();
-    args[lr] = "find";
+    let args = with_lr(
+        small_fit(data.to_str().unwrap(), out.to_str().unwrap(), "flex", "1"),
+        "find",
+    );
     let summary = json(&ok(&args));
     assert_eq!(summary["status"], "finished");
     let found: Value =

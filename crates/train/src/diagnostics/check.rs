@@ -537,7 +537,7 @@ pub fn gradient_check(
         .iter()
         .map(|e| e.error)
         .fold(0.0f64, |a, b| if b.is_nan() { f64::NAN } else { a.max(b) });
-    let verdict = if !(worst <= precision.fail) {
+    let verdict = if worst.is_nan() || worst > precision.fail {
         Verdict::Fail
     } else if worst > precision.warn {
         Verdict::Warn

@@ -90,3 +90,10 @@ pub fn small_fit<'a>(
         "--json",
     ]
 }
+
+/// `args` with the learning rate `0.01` of [`small_fit`] replaced by `lr`.
+pub fn with_lr<'a>(mut args: Vec<&'a str>, lr: &'a str) -> Vec<&'a str> {
+    let at = args.iter().position(|a| *a == "0.01").expect("a --lr 0.01");
+    args[at] = lr;
+    args
+}
