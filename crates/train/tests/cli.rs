@@ -7,7 +7,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{TRAIN, dataset, json, ok, run, small_fit, stderr, stdout, with_lr};
+use common::{TRAIN, dataset, json, ok, run, small_fit, stderr, stdout};
 
 /// Two runs that must have ended alike: the same accuracy and loss, and the
 /// same metrics row for row (timings aside).
