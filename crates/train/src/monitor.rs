@@ -12,7 +12,7 @@
 //!
 //! Rows go to `layers.csv` in long format: `step,layer,parameter,statistic,value`.
 //! Warnings (once each) when a weight's ratio stays above 1e-2 or below 1e-4
-//! over a window of monitor points (or exceeds 1e-1 even once), when more than half of a ReLU layer's
+//! over a window of monitor points (or exceeds 0.5 even once), when more than half of a ReLU layer's
 //! units are dead, or more than half of a tanh/sigmoid layer's values saturate.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,6 +37,8 @@ pub const HEALTHY_RATIO: f64 = 1e-3;
 pub const HIGH_RATIO: f64 = 1e-2;
 /// Ratios below this, sustained, mean the learning rate is too low.
 pub const LOW_RATIO: f64 = 1e-4;
+/// A ratio above this warns at once: the step moved the weights by half their norm.
+pub const FAR_RATIO: f64 = 0.5;
 /// Monitor points in a row that make a sustained ratio.
 pub const WINDOW: usize = 10;
 /// Bins of the activation histograms.
@@ -340,8 +342,8 @@ impl StepObserver for LayerMonitor {
                 0
             };
             let low = *low;
-            // A ratio 100 times the healthy one needs no window: the next steps may diverge.
-            if high >= window || ratio > 10.0 * HIGH_RATIO {
+            // A ratio this far off needs no window: the next steps may diverge.
+            if high >= window || ratio > FAR_RATIO {
                 self.warn(
                     format!("high:{}", old.name),
                     format!(
@@ -351,7 +353,7 @@ impl StepObserver for LayerMonitor {
                         if high >= window {
                             format!("above {HIGH_RATIO:.0e} for {window} monitor points in a row")
                         } else {
-                            format!("more than {:.0e}", 10.0 * HIGH_RATIO)
+                            format!("more than {FAR_RATIO} in one step")
                         },
                         step.lr
                     ),
