@@ -501,6 +501,50 @@ mod tests {
         assert!(csv.contains("1,hidden1,activation,std,"), "{csv}");
     }
 
+    fn snapshot(name: &str, values: &[f32], band: Option<(f32, f32)>, dead: f64) -> LayerSnapshot {
+        LayerSnapshot {
+            name: name.into(),
+            stats: ActivationStats::of(values, band, 4),
+            dead_fraction: dead,
+        }
+    }
+
+    #[test]
+    fn dead_relu_and_saturated_tanh_layers_warn_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut relu = monitor_in(dir.path());
+        let layers = [
+            snapshot("hidden1", &[0.0, 0.0, 0.0, 1.0], None, 0.75),
+            snapshot("hidden2", &[0.0, 1.0, 2.0, 3.0], None, 0.25),
+        ];
+        relu.check_activations(&first_step(0.1), &layers);
+        relu.check_activations(&first_step(0.1), &layers);
+        assert_eq!(relu.warnings().len(), 1, "{:?}", relu.warnings());
+        assert!(relu.warnings()[0].contains("75% of the ReLU units of hidden1 are dead"));
+
+        let mut tanh = LayerMonitor::new(
+            MonitorSettings::for_run(100, Some(1), 0, ActivationConfig::Tanh),
+            Tensor::<4>::zeros([2, 6, 1, 1], &Device::flex()),
+            &dir.path().join("tanh.csv"),
+            None,
+            Progress {
+                to_stderr: true,
+                bars: false,
+            },
+        )
+        .unwrap();
+        let band = ActivationConfig::Tanh.saturation_band();
+        tanh.check_activations(
+            &first_step(0.1),
+            &[
+                snapshot("hidden1", &[-1.0, 1.0, 0.999, 0.2], band, 0.0),
+                snapshot("hidden2", &[-0.5, 0.5, 0.1, 0.2], band, 0.0),
+            ],
+        );
+        assert_eq!(tanh.warnings().len(), 1, "{:?}", tanh.warnings());
+        assert!(tanh.warnings()[0].contains("75% of the activations of hidden1 are saturated"));
+    }
+
     #[test]
     fn a_far_too_large_ratio_warns_at_once_and_names_the_flag() {
         let mut trainer = tiny_trainer();
