@@ -96,6 +96,14 @@ impl ModelConfig {
         }
     }
 
+    /// The weight initialization.
+    pub fn weight_init(&self) -> Init {
+        match self {
+            ModelConfig::Mlp(m) => m.init,
+            ModelConfig::Cnn(c) => c.init,
+        }
+    }
+
     /// Output classes.
     pub fn classes(&self) -> usize {
         match self {

@@ -696,6 +696,60 @@ pub fn init_stats_chart(
     })
 }
 
+/// `init-stats.png` of a run: the lecture's initialization figure for the
+/// run's own freshly initialized `model`, on `probe` images (on the model's
+/// device, so that batch norm uses the batch's statistics as in training).
+pub fn model_init_stats_chart(
+    path: &Path,
+    model: &cifar_models::Model,
+    probe: burn::prelude::Tensor<4>,
+    title: &str,
+) -> Result<()> {
+    let (_, observed) = model.forward_observed(probe);
+    let values: Vec<(String, Vec<f32>)> = observed
+        .into_iter()
+        .map(|l| {
+            let v = l
+                .post
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .expect("float activations");
+            (l.name, v)
+        })
+        .collect();
+    let (lo, hi) = values
+        .iter()
+        .flat_map(|(_, v)| v.iter())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v as f64), b.max(v as f64))
+        });
+    let (lo, hi) = if lo.is_finite() && hi > lo {
+        (lo, hi)
+    } else {
+        (-1.0, 1.0)
+    };
+    let layers: Vec<InitLayer> = values
+        .iter()
+        .enumerate()
+        .map(|(i, (_, v))| {
+            let stats = cifar_models::ActivationStats::of(v, None, 1);
+            InitLayer {
+                layer: i + 1,
+                mean: stats.mean,
+                std: stats.std,
+                counts: cifar_models::Histogram::new(v, 30, lo, hi).counts,
+            }
+        })
+        .collect();
+    let names: Vec<&str> = values.iter().map(|(n, _)| n.as_str()).collect();
+    init_stats_chart(
+        path,
+        &format!("{title} (hidden layers: {})", names.join(", ")),
+        &layers,
+        (lo, hi),
+    )
+}
+
 /// `lr-find.png`: loss against the learning rate (log scale), the three suggestions marked.
 pub fn lr_find_chart(path: &Path, result: &LrFindResult) -> Result<()> {
     let points = &result.points;

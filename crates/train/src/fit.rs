@@ -186,6 +186,23 @@ pub fn fit(
         }
     };
 
+    if !options.resume {
+        // The lecture's initialization figure, for this run's own network.
+        let probe: Vec<usize> = (0..data.val.len().min(PROBE_IMAGES)).collect();
+        let probe = CifarBatcher::new(data.val.clone())
+            .batch(probe, trainer.device())
+            .images;
+        crate::charts::model_init_stats_chart(
+            &run.file("init-stats.png"),
+            trainer.model(),
+            probe,
+            &format!(
+                "Activations at initialization, init {}",
+                config.model.weight_init()
+            ),
+        )?;
+    }
+
     let mut last_epoch_loss = f64::NAN;
     let mut images_trained = 0usize;
     let run_start = Instant::now();

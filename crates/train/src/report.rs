@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use crate::rundir::RunDir;
 
 /// The charts the page shows, in order, with a caption each.
-pub const CHARTS: [(&str, &str); 7] = [
+pub const CHARTS: [(&str, &str); 8] = [
     (
         "loss.png",
         "Training loss per step, its running mean and the epoch boundaries.",
@@ -34,6 +34,10 @@ pub const CHARTS: [(&str, &str); 7] = [
     (
         "confusion-val.png",
         "Confusion matrix of the best model on the validation split.",
+    ),
+    (
+        "init-stats.png",
+        "Activations of the freshly initialized network on the probe batch (training mode): the lecture's initialization figure.",
     ),
     (
         "lr-find.png",

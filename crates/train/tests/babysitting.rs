@@ -225,6 +225,7 @@ fn fit_writes_monitor_charts_and_report() {
         "update-ratio.png",
         "activations.png",
         "confusion-val.png",
+        "init-stats.png",
         "report.html",
     ] {
         assert!(out.join(file).is_file(), "{file} missing");
