@@ -11,8 +11,11 @@
 //! fraction saturated (tanh/sigmoid near their bounds).
 //!
 //! Rows go to `layers.csv` in long format: `step,layer,parameter,statistic,value`.
-//! Warnings (once each) when a weight's ratio stays above 1e-2 or below 1e-4
-//! over a window of monitor points (or exceeds 0.5 even once), when more than half of a ReLU layer's
+//! Warnings (once each) when the median ratio of the weight tensors stays
+//! above 1e-2 or below 1e-4 over a window of monitor points (the ratio
+//! judges the learning rate, and one layer can run hotter than the rest
+//! for good reasons), naming the layers out of the band; when one weight's
+//! ratio exceeds 0.5 in a single step; when more than half of a ReLU layer's
 //! units are dead, or more than half of a tanh/sigmoid layer's values saturate.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -106,8 +109,8 @@ pub struct LayerMonitor {
     progress: Progress,
     grad_norms: BTreeMap<String, f64>,
     last_ratios: Vec<(String, f64)>,
-    high_streak: BTreeMap<String, usize>,
-    low_streak: BTreeMap<String, usize>,
+    high_streak: usize,
+    low_streak: usize,
     warned: BTreeSet<String>,
     warnings: Vec<String>,
     printed: usize,
@@ -165,8 +168,8 @@ impl LayerMonitor {
             progress,
             grad_norms: BTreeMap::new(),
             last_ratios: Vec::new(),
-            high_streak: BTreeMap::new(),
-            low_streak: BTreeMap::new(),
+            high_streak: 0,
+            low_streak: 0,
             warned: BTreeSet::new(),
             warnings: Vec::new(),
             printed: 0,
@@ -245,6 +248,91 @@ impl LayerMonitor {
             self.progress.line(&format!("warning: {text}"));
         }
         self.printed = self.warnings.len();
+    }
+
+    /// The lecture's ratio judges the learning rate, one number for the
+    /// network: the median ratio over the weight tensors, sustained over
+    /// the window, against the healthy band. (A single layer can run hotter
+    /// or colder than the rest for good reasons: the output layer starts
+    /// small, so its ratio starts high.)
+    fn judge_learning_rate(&mut self, step: &StepInfo, in_warmup: bool) {
+        let mut ratios: Vec<f64> = self
+            .last_ratios
+            .iter()
+            .map(|(_, r)| *r)
+            .filter(|r| r.is_finite())
+            .collect();
+        if ratios.is_empty() {
+            return;
+        }
+        ratios.sort_by(f64::total_cmp);
+        let n = ratios.len();
+        let median = if n % 2 == 1 {
+            ratios[n / 2]
+        } else {
+            (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0
+        };
+        self.high_streak = if median > HIGH_RATIO {
+            self.high_streak + 1
+        } else {
+            0
+        };
+        self.low_streak = if median < LOW_RATIO && !in_warmup {
+            self.low_streak + 1
+        } else {
+            0
+        };
+        let window = self.settings.window;
+        let row = step.iteration + 1;
+        let layers = |this: &Self, above: bool| -> String {
+            let mut named: Vec<&(String, f64)> = this
+                .last_ratios
+                .iter()
+                .filter(|(_, r)| {
+                    if above {
+                        *r > HIGH_RATIO
+                    } else {
+                        *r < LOW_RATIO
+                    }
+                })
+                .collect();
+            // Farthest from the band first.
+            if above {
+                named.sort_by(|a, b| b.1.total_cmp(&a.1));
+            } else {
+                named.sort_by(|a, b| a.1.total_cmp(&b.1));
+            }
+            named
+                .iter()
+                .take(4)
+                .map(|(name, r)| format!("{name} {r:.1e}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if self.high_streak >= window {
+            let named = layers(self, true);
+            self.warn(
+                "high".into(),
+                format!(
+                    "the median update/weight ratio of the {n} weight tensors stayed above {HIGH_RATIO:.0e} for {window} monitor points \
+                     (now {median:.2e} at step {row}; about {HEALTHY_RATIO:.0e} is healthy; highest: {named}): \
+                     the updates are too large, lower --lr (now {:.3e})",
+                    step.lr
+                ),
+            );
+        }
+        if self.low_streak >= window {
+            let named = layers(self, false);
+            self.warn(
+                "low".into(),
+                format!(
+                    "the median update/weight ratio of the {n} weight tensors stayed below {LOW_RATIO:.0e} for {window} monitor points \
+                     (now {median:.2e} at step {row}; about {HEALTHY_RATIO:.0e} is healthy; lowest: {named}): \
+                     the updates are too small, raise --lr (now {:.3e})",
+                    step.lr
+                ),
+            );
+        }
     }
 
     fn record(&mut self, step: usize, layer: &str, parameter: &str, stat: &str, value: f64) {
@@ -331,46 +419,19 @@ impl StepObserver for LayerMonitor {
                 ratio,
             });
             self.last_ratios.push((old.name.clone(), ratio));
-            let window = self.settings.window;
-            let high = self.high_streak.entry(old.name.clone()).or_default();
-            *high = if ratio > HIGH_RATIO { *high + 1 } else { 0 };
-            let high = *high;
-            let low = self.low_streak.entry(old.name.clone()).or_default();
-            *low = if ratio < LOW_RATIO && !in_warmup {
-                *low + 1
-            } else {
-                0
-            };
-            let low = *low;
             // A ratio this far off needs no window: the next steps may diverge.
-            if high >= window || ratio > FAR_RATIO {
+            if ratio > FAR_RATIO {
                 self.warn(
-                    format!("high:{}", old.name),
+                    format!("far:{}", old.name),
                     format!(
-                        "the update/weight ratio of {} is {ratio:.2e} at step {row} ({}; about {HEALTHY_RATIO:.0e} is healthy): \
-                         the updates are too large, lower --lr (now {:.3e})",
-                        old.name,
-                        if high >= window {
-                            format!("above {HIGH_RATIO:.0e} for {window} monitor points in a row")
-                        } else {
-                            format!("more than {FAR_RATIO} in one step")
-                        },
-                        step.lr
-                    ),
-                );
-            }
-            if low >= window {
-                self.warn(
-                    format!("low:{}", old.name),
-                    format!(
-                        "the update/weight ratio of {} stayed below {LOW_RATIO:.0e} for {window} monitor points \
-                         (now {ratio:.2e} at step {row}; about {HEALTHY_RATIO:.0e} is healthy): the updates are too small, \
-                         raise --lr (now {:.3e})",
+                        "the update/weight ratio of {} is {ratio:.2e} at step {row} (more than {FAR_RATIO} in one step; \
+                         about {HEALTHY_RATIO:.0e} is healthy): the updates are too large, lower --lr (now {:.3e})",
                         old.name, step.lr
                     ),
                 );
             }
         }
+        self.judge_learning_rate(step, in_warmup);
         let layers = self.probe_layers(after);
         for layer in &layers {
             let s = &layer.stats;
@@ -543,6 +604,50 @@ mod tests {
         );
         assert_eq!(tanh.warnings().len(), 1, "{:?}", tanh.warnings());
         assert!(tanh.warnings()[0].contains("75% of the activations of hidden1 are saturated"));
+    }
+
+    #[test]
+    fn a_sustained_high_median_warns_but_one_hot_layer_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut monitor = monitor_in(dir.path());
+        let window = monitor.settings().window;
+        // Only the output layer runs hot: the median (2e-3) is healthy.
+        monitor.last_ratios = vec![
+            ("a.weight".into(), 1e-3),
+            ("b.weight".into(), 2e-3),
+            ("output.weight".into(), 5e-2),
+        ];
+        for _ in 0..2 * window {
+            monitor.judge_learning_rate(&first_step(0.1), false);
+        }
+        assert!(monitor.warnings().is_empty(), "{:?}", monitor.warnings());
+        // Most layers hot: the warning comes after `window` points, once.
+        monitor.last_ratios[0].1 = 2e-2;
+        monitor.last_ratios[1].1 = 3e-2;
+        for i in 0..2 * window {
+            monitor.judge_learning_rate(&first_step(0.1), false);
+            assert_eq!(monitor.warnings().len(), usize::from(i + 1 >= window));
+        }
+        let w = &monitor.warnings()[0];
+        assert!(
+            w.contains("median update/weight ratio of the 3 weight tensors stayed above 1e-2"),
+            "{w}"
+        );
+        assert!(
+            w.contains("highest: output.weight 5.0e-2, b.weight 3.0e-2, a.weight 2.0e-2"),
+            "{w}"
+        );
+        // Too small during warmup does not count; after it, it does.
+        let mut cold = monitor_in(dir.path());
+        cold.last_ratios = vec![("a.weight".into(), 1e-6)];
+        for _ in 0..2 * window {
+            cold.judge_learning_rate(&first_step(1e-6), true);
+        }
+        assert!(cold.warnings().is_empty());
+        for _ in 0..window {
+            cold.judge_learning_rate(&first_step(1e-6), false);
+        }
+        assert!(cold.warnings()[0].contains("raise --lr"));
     }
 
     #[test]
