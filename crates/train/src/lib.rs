@@ -8,6 +8,7 @@
 //! - [`diagnostics`]: the lecture's sanity checks (`train check`) and the
 //!   learning-rate finder (`train lr-find`).
 //! - [`charts`] and [`report`]: the PNG charts and the run's `report.html`.
+//! - [`search`]: random hyperparameter search (its space and pruning rules).
 //! - [`config`], [`dataset`], [`evaluate`], [`rundir`], [`backend`],
 //!   [`params`], [`bench`]: configuration, data, evaluation, the run folder,
 //!   devices, named parameters and benchmarks.
@@ -30,6 +31,7 @@ pub mod params;
 pub mod progress;
 pub mod report;
 pub mod rundir;
+pub mod search;
 pub mod trainer;
 
 pub use callbacks::{Callback, EpochSummary};
