@@ -830,6 +830,243 @@ pub fn lr_find_chart(path: &Path, result: &LrFindResult) -> Result<()> {
     })
 }
 
+/// Blue (low) to yellow (high), for `t` in `[0, 1]`.
+fn heat(t: f64) -> RGBColor {
+    let t = t.clamp(0.0, 1.0);
+    let mix = |a: f64, b: f64| (a + (b - a) * t) as u8;
+    RGBColor(mix(40.0, 250.0), mix(60.0, 200.0), mix(160.0, 30.0))
+}
+
+/// A search's charts in `dir`: `search-params.png` (validation accuracy
+/// against each searched parameter, log x for log ranges),
+/// `search-progress.png` (accuracy by trial with the running best) and,
+/// when both are searched, `search-lr-wd.png` (the lecture's learning rate
+/// x regularization scatter, coloured by accuracy).
+pub fn search_charts(dir: &Path, state: &crate::search::runner::SearchState) -> Result<()> {
+    use crate::search::space::{Range, Value};
+    let scored: Vec<(&crate::search::runner::Trial, f64)> = state
+        .trials
+        .iter()
+        .filter_map(|t| Some((t, t.best()?)))
+        .collect();
+    let params = &state.space;
+    let cols = params.len().clamp(1, 3);
+    let rows = params.len().div_ceil(cols).max(1);
+    draw(
+        &dir.join("search-params.png"),
+        (380 * cols as u32, 330 * rows as u32 + 40),
+        |root| {
+            let root = root.titled(
+                "Validation accuracy against each searched parameter",
+                caption_style(),
+            )?;
+            for (p, area) in params.iter().zip(root.split_evenly((rows, cols))) {
+                let points: Vec<(f64, f64)> = scored
+                    .iter()
+                    .filter_map(|(t, acc)| {
+                        let v = &t.params.iter().find(|(n, _)| *n == p.name)?.1;
+                        let x = match (v, &p.range) {
+                            (Value::Text(c), Range::Choice { values }) => {
+                                values.iter().position(|x| x == c)? as f64
+                            }
+                            (v, _) => v.as_f64()?,
+                        };
+                        Some((x, *acc))
+                    })
+                    .collect();
+                let (y0, y1) = span(points.iter().map(|p| p.1), 0.1);
+                let mut builder = ChartBuilder::on(&area);
+                builder
+                    .margin(12)
+                    .x_label_area_size(40)
+                    .y_label_area_size(55);
+                match &p.range {
+                    Range::Log { low, high } => {
+                        let mut chart =
+                            builder.build_cartesian_2d((*low..*high).log_scale(), y0..y1)?;
+                        chart
+                            .configure_mesh()
+                            .x_desc(format!("{} (log scale)", p.name))
+                            .y_desc("val accuracy")
+                            .x_labels(5)
+                            .x_label_formatter(&|x| format!("{x:.0e}"))
+                            .label_style((FAMILY, 12).into_font().color(&BLACK))
+                            .draw()?;
+                        chart.draw_series(
+                            points
+                                .iter()
+                                .map(|&q| Circle::new(q, 4, PALETTE[0].filled())),
+                        )?;
+                    }
+                    Range::Choice { values } => {
+                        let n = values.len();
+                        let mut chart =
+                            builder.build_cartesian_2d(-0.5f64..n as f64 - 0.5, y0..y1)?;
+                        chart
+                            .configure_mesh()
+                            .x_desc(p.name.clone())
+                            .y_desc("val accuracy")
+                            .x_labels(n + 1)
+                            .x_label_formatter(&|x| {
+                                let i = x.round();
+                                if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
+                                    values[i as usize].clone()
+                                } else {
+                                    String::new()
+                                }
+                            })
+                            .label_style((FAMILY, 12).into_font().color(&BLACK))
+                            .draw()?;
+                        chart.draw_series(
+                            points
+                                .iter()
+                                .map(|&q| Circle::new(q, 4, PALETTE[0].filled())),
+                        )?;
+                    }
+                    Range::Int {
+                        low,
+                        high,
+                        log: true,
+                    } => {
+                        let (x0, x1) = (*low as f64 * 0.9, *high as f64 * 1.1);
+                        let mut chart = builder.build_cartesian_2d((x0..x1).log_scale(), y0..y1)?;
+                        chart
+                            .configure_mesh()
+                            .x_desc(format!("{} (log scale)", p.name))
+                            .y_desc("val accuracy")
+                            .x_labels(5)
+                            .x_label_formatter(&|x| format!("{x:.0}"))
+                            .label_style((FAMILY, 12).into_font().color(&BLACK))
+                            .draw()?;
+                        chart.draw_series(
+                            points
+                                .iter()
+                                .map(|&q| Circle::new(q, 4, PALETTE[0].filled())),
+                        )?;
+                    }
+                    _ => {
+                        let (x0, x1) = span(points.iter().map(|p| p.0), 0.05);
+                        let mut chart = builder.build_cartesian_2d(x0..x1, y0..y1)?;
+                        chart
+                            .configure_mesh()
+                            .x_desc(p.name.clone())
+                            .y_desc("val accuracy")
+                            .x_labels(5)
+                            .x_label_formatter(&|x| format!("{x:.3}"))
+                            .label_style((FAMILY, 12).into_font().color(&BLACK))
+                            .draw()?;
+                        chart.draw_series(
+                            points
+                                .iter()
+                                .map(|&q| Circle::new(q, 4, PALETTE[0].filled())),
+                        )?;
+                    }
+                }
+            }
+            Ok(())
+        },
+    )?;
+    let n = state.trials.len().max(1) as f64;
+    draw(&dir.join("search-progress.png"), (900, 450), |root| {
+        let (y0, y1) = span(scored.iter().map(|s| s.1), 0.1);
+        let mut chart = ChartBuilder::on(root)
+            .caption(
+                "Validation accuracy by trial, and the best so far",
+                caption_style(),
+            )
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(-0.5f64..n - 0.5, y0..y1)?;
+        chart
+            .configure_mesh()
+            .x_desc("trial")
+            .y_desc("best val accuracy of the trial")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .label_style(label_style())
+            .draw()?;
+        chart
+            .draw_series(
+                scored
+                    .iter()
+                    .map(|(t, acc)| Circle::new((t.trial as f64, *acc), 4, PALETTE[0].filled())),
+            )?
+            .label("trial")
+            .legend(|(x, y)| Circle::new((x + 10, y), 4, PALETTE[0].filled()));
+        let mut best = f64::NEG_INFINITY;
+        let mut ordered: Vec<(usize, f64)> = scored.iter().map(|(t, a)| (t.trial, *a)).collect();
+        ordered.sort_by_key(|(t, _)| *t);
+        let running: Vec<(f64, f64)> = ordered
+            .into_iter()
+            .map(|(t, a)| {
+                best = best.max(a);
+                (t as f64, best)
+            })
+            .collect();
+        chart
+            .draw_series(LineSeries::new(running, PALETTE[1].stroke_width(2)))?
+            .label("best so far")
+            .legend(|(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], PALETTE[1].stroke_width(2))
+            });
+        legend(&mut chart, SeriesLabelPosition::LowerRight)?;
+        Ok(())
+    })?;
+    let lr = params.iter().find(|p| p.name == "lr");
+    let wd = params.iter().find(|p| p.name == "weight-decay");
+    if let (Some(lr), Some(wd)) = (lr, wd) {
+        let bounds = |p: &crate::search::space::Param| match p.range {
+            Range::Log { low, high } | Range::Uniform { low, high } => (low, high),
+            _ => (1e-8, 1.0),
+        };
+        let ((x0, x1), (y0, y1)) = (bounds(lr), bounds(wd));
+        let points: Vec<(f64, f64, f64)> = scored
+            .iter()
+            .filter_map(|(t, acc)| {
+                let get = |name: &str| t.params.iter().find(|(n, _)| n == name)?.1.as_f64();
+                Some((get("lr")?, get("weight-decay")?, *acc))
+            })
+            .collect();
+        let (a0, a1) = span(points.iter().map(|p| p.2), 0.0);
+        draw(&dir.join("search-lr-wd.png"), (900, 650), |root| {
+            let mut chart = ChartBuilder::on(root)
+                .caption(
+                    format!("Learning rate x weight decay, coloured by val accuracy ({a0:.3} blue to {a1:.3} yellow)"),
+                    caption_style(),
+                )
+                .margin(15)
+                .x_label_area_size(50)
+                .y_label_area_size(80)
+                .build_cartesian_2d((x0..x1).log_scale(), (y0.max(1e-12)..y1).log_scale())?;
+            chart
+                .configure_mesh()
+                .x_desc("learning rate (log scale)")
+                .y_desc("weight decay (log scale)")
+                .x_label_formatter(&|x| format!("{x:.0e}"))
+                .y_label_formatter(&|y| format!("{y:.0e}"))
+                .label_style(label_style())
+                .draw()?;
+            for (x, y, acc) in &points {
+                let t = if a1 > a0 { (acc - a0) / (a1 - a0) } else { 1.0 };
+                chart.draw_series(std::iter::once(Circle::new((*x, *y), 7, heat(t).filled())))?;
+            }
+            if let Some(best) = points.iter().max_by(|a, b| a.2.total_cmp(&b.2)) {
+                chart
+                    .draw_series(std::iter::once(Circle::new(
+                        (best.0, best.1),
+                        11,
+                        BLACK.stroke_width(2),
+                    )))?
+                    .label(format!("best: {:.4}", best.2))
+                    .legend(|(x, y)| Circle::new((x + 10, y), 6, BLACK.stroke_width(2)));
+                legend(&mut chart, SeriesLabelPosition::UpperRight)?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
 /// Redraws a run's training charts from its metrics and monitor: `loss.png`,
 /// `accuracy.png`, `lr.png`, and with a monitor `update-ratio.png` and
 /// `activations.png`.

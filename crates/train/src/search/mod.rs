@@ -5,9 +5,9 @@
 //! - [`space`]: parsing `--space NAME=KIND:ARGS`, drawing candidates from
 //!   (seed, trial) alone, narrowing between stages, edge warnings.
 //! - [`prune`]: the median rule and asynchronous successive halving.
-//!
-//! The `train search` command that runs trials on top of these is not
-//! built yet.
+//! - [`runner`]: stages of trials, each a `train fit` process with its own
+//!   run folder, several at once, the state in `search.json`.
 
 pub mod prune;
+pub mod runner;
 pub mod space;

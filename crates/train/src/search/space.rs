@@ -23,7 +23,7 @@ use cifar_data::mix_seed;
 use serde::{Deserialize, Serialize};
 
 /// The `train fit` options a search may vary.
-pub const SEARCHABLE: [&str; 15] = [
+pub const SEARCHABLE: [&str; 14] = [
     "lr",
     "weight-decay",
     "dropout",
@@ -35,7 +35,6 @@ pub const SEARCHABLE: [&str; 15] = [
     "init",
     "optimizer",
     "warmup",
-    "epochs",
     "preprocess",
     "lr-schedule",
     "batch-norm",
@@ -89,15 +88,23 @@ pub struct Param {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Value {
+    /// An integer (first: serde tries the variants in order).
+    Int(i64),
     /// A real number.
     Float(f64),
-    /// An integer.
-    Int(i64),
     /// A choice.
     Text(String),
 }
 
 impl Value {
+    /// The value for people: 4 significant digits.
+    pub fn short(&self) -> String {
+        match self {
+            Value::Float(v) => format!("{v:.3e}"),
+            other => other.to_string(),
+        }
+    }
+
     /// The value as a number, for plots and narrowing (`None` for a choice).
     pub fn as_f64(&self) -> Option<f64> {
         match self {
@@ -213,8 +220,8 @@ impl FromStr for Param {
 impl fmt::Display for Param {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.range {
-            Range::Log { low, high } => write!(f, "{}=log:{low:e}:{high:e}", self.name),
-            Range::Uniform { low, high } => write!(f, "{}=uniform:{low}:{high}", self.name),
+            Range::Log { low, high } => write!(f, "{}=log:{low:.4e}:{high:.4e}", self.name),
+            Range::Uniform { low, high } => write!(f, "{}=uniform:{low:.4}:{high:.4}", self.name),
             Range::Int { low, high, log } => {
                 let kind = if *log { "int-log" } else { "int" };
                 write!(f, "{}={kind}:{low}:{high}", self.name)

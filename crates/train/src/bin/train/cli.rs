@@ -31,6 +31,8 @@ pub enum Command {
     LrFind(Box<LrFindArgs>),
     /// Rebuild a run folder's report.html (and its charts).
     Report(ReportArgs),
+    /// Random hyperparameter search in log space, coarse to fine.
+    Search(Box<SearchArgs>),
     /// Accuracy, per-class accuracy and confusion matrix of a trained run.
     Eval(EvalArgs),
     /// Classify PNG or JPEG images with a trained run.
@@ -44,7 +46,7 @@ pub enum Command {
 }
 
 /// Where the data comes from.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct DataSource {
     /// The cifar-10-batches-bin folder [default: $CIFAR10_DIR, ./data/cifar-10-batches-bin, then the download cache]
     #[arg(long, value_name = "DIR")]
@@ -77,8 +79,8 @@ impl FromStr for LrArg {
 }
 
 /// Every option of [`TrainConfig`], each overriding `--config`; shared by
-/// `fit`, `check` and `lr-find`.
-#[derive(Debug, Args)]
+/// `fit`, `check`, `lr-find` and `search`.
+#[derive(Debug, Clone, Default, Args)]
 pub struct TrainFlags {
     /// Where the data comes from.
     #[command(flatten)]
@@ -207,6 +209,44 @@ pub struct LrFindArgs {
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Print the suggestions as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `train search`.
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// The base configuration every trial starts from.
+    #[command(flatten)]
+    pub flags: TrainFlags,
+    /// The search folder (trials/NNN/ run folders, search.json, trials.csv, best.json, charts)
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// A searched option: NAME=log:LOW:HIGH, uniform:LOW:HIGH, int:LOW:HIGH, int-log:LOW:HIGH or choice:A,B,C (repeatable)
+    #[arg(long, value_name = "SPEC")]
+    pub space: Vec<String>,
+    /// The space as a JSON array of SPEC strings
+    #[arg(long, value_name = "FILE")]
+    pub space_file: Option<PathBuf>,
+    /// Trials, each of --epochs epochs (default 1 in a search) [default: 20]
+    #[arg(long, value_name = "N")]
+    pub trials: Option<usize>,
+    /// Coarse to fine: EPOCHSxTRIALS,... such as 1x20,5x5 (overrides --trials and --epochs)
+    #[arg(long, value_name = "STAGES")]
+    pub stages: Option<String>,
+    /// Trials at once, each a process with its share of the cores
+    #[arg(long, default_value_t = 1, value_name = "J")]
+    pub jobs: usize,
+    /// none, or median (stop a trial below the median of earlier ones at the same epoch)
+    #[arg(long, default_value = "none", value_name = "RULE")]
+    pub prune: String,
+    /// Continue the search in --out (finished trials are kept, interrupted ones continue)
+    #[arg(long)]
+    pub resume: bool,
+    /// Only print the table, best configuration and warnings of the search in --out
+    #[arg(long)]
+    pub summary: bool,
+    /// Print one JSON line with the results at the end
     #[arg(long)]
     pub json: bool,
 }
@@ -344,6 +384,42 @@ pub struct BenchArgs {
 }
 
 impl TrainFlags {
+    /// Sets the option `name` (a `train fit` flag without its dashes) from
+    /// `text`, as the flag would: the search's trials are the base flags
+    /// with their drawn values set this way. `channels` takes one width W
+    /// for three stages W, 2W, 4W; `hidden` a size for one hidden layer.
+    pub fn set(&mut self, name: &str, text: &str) -> Result<()> {
+        fn parse<T: FromStr>(name: &str, text: &str) -> Result<T>
+        where
+            T::Err: std::fmt::Display,
+        {
+            text.parse::<T>()
+                .map_err(|e| anyhow::anyhow!("--{name} {text}: {e}"))
+        }
+        match name {
+            "lr" => self.lr = Some(LrArg::Value(parse(name, text)?)),
+            "weight-decay" => self.weight_decay = Some(parse(name, text)?),
+            "dropout" => self.dropout = Some(parse(name, text)?),
+            "momentum" => self.momentum = Some(parse(name, text)?),
+            "batch-size" => self.batch_size = Some(parse(name, text)?),
+            "warmup" => self.warmup = Some(parse(name, text)?),
+            "epochs" => self.epochs = Some(parse(name, text)?),
+            "hidden" => self.hidden = Some(vec![parse(name, text)?]),
+            "channels" => {
+                let w: usize = parse(name, text)?;
+                self.channels = Some(vec![w, 2 * w, 4 * w]);
+            }
+            "activation" => self.activation = Some(parse(name, text)?),
+            "init" => self.init = Some(parse(name, text)?),
+            "optimizer" => self.optimizer = Some(parse(name, text)?),
+            "preprocess" => self.preprocess = Some(parse(name, text)?),
+            "lr-schedule" => self.lr_schedule = Some(parse(name, text)?),
+            "batch-norm" => self.batch_norm = Some(parse(name, text)?),
+            _ => bail!("--{name} cannot be searched"),
+        }
+        Ok(())
+    }
+
     /// The run's config: `--config` (or the run's own when resuming), then the flags.
     pub fn to_config(&self, base: Option<TrainConfig>) -> Result<TrainConfig> {
         let mut c = match (&self.config, base) {

@@ -26,6 +26,7 @@ fn main() {
         Command::Check(args) => commands::check_command(args),
         Command::LrFind(args) => commands::lr_find_command(args),
         Command::Report(args) => commands::report_command(args),
+        Command::Search(args) => commands::search_command(args),
         Command::Eval(args) => commands::eval_command(args),
         Command::Predict(args) => commands::predict_command(args),
         Command::Data(args) => commands::data_command(args),
