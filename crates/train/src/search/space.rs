@@ -220,14 +220,28 @@ impl FromStr for Param {
 impl fmt::Display for Param {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.range {
-            Range::Log { low, high } => write!(f, "{}=log:{low:.4e}:{high:.4e}", self.name),
-            Range::Uniform { low, high } => write!(f, "{}=uniform:{low:.4}:{high:.4}", self.name),
+            Range::Log { low, high } => {
+                write!(f, "{}=log:{}:{}", self.name, sig4(*low), sig4(*high))
+            }
+            Range::Uniform { low, high } => {
+                write!(f, "{}=uniform:{}:{}", self.name, sig4(*low), sig4(*high))
+            }
             Range::Int { low, high, log } => {
                 let kind = if *log { "int-log" } else { "int" };
                 write!(f, "{}={kind}:{low}:{high}", self.name)
             }
             Range::Choice { values } => write!(f, "{}=choice:{}", self.name, values.join(",")),
         }
+    }
+}
+
+/// `v` rounded to 4 significant digits, in the shortest of `1e-5` or `1.449e-1`.
+fn sig4(v: f64) -> String {
+    let rounded: f64 = format!("{v:.3e}").parse().unwrap_or(v);
+    if rounded != 0.0 && (rounded.abs() < 0.1 || rounded.abs() >= 1e4) {
+        format!("{rounded:e}")
+    } else {
+        format!("{rounded}")
     }
 }
 
