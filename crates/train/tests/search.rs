@@ -188,8 +188,8 @@ fn kill_9_then_resume_runs_the_same_trials() {
         .filter(|t| t["status"] == "finished")
         .count();
     assert!(done < 5, "the search finished before it was killed");
-    // The orphaned trial notices its search is gone and stops at a checkpoint.
-    std::thread::sleep(Duration::from_millis(1500));
+    // The orphaned trial notices its search is gone and stops at a
+    // checkpoint; the resumed search waits for it.
     ok(&["search", "--out", k, "--data", d, "--resume"]);
     let resumed: Value =
         serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();

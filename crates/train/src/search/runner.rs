@@ -258,6 +258,32 @@ struct Running {
     pruned: bool,
 }
 
+/// The file a trial's process keeps in its run folder while it trains,
+/// holding its process id.
+pub const TRAINING_MARKER: &str = "training.pid";
+
+/// Waits (up to a minute) until no process trains in `run`: after a
+/// `kill -9` of the search, its orphaned trials write a checkpoint and stop
+/// on their own; continuing a trial before that would mix two runs.
+fn wait_for_orphan(run: &Path, progress: Progress) {
+    let marker = run.join(TRAINING_MARKER);
+    let Ok(pid) = std::fs::read_to_string(&marker) else {
+        return;
+    };
+    let alive = || Path::new("/proc").join(pid.trim()).exists() && marker.exists();
+    if !Path::new("/proc/self").exists() || !alive() {
+        return;
+    }
+    progress.line(&format!(
+        "waiting for process {} (an earlier run of this trial) to stop",
+        pid.trim()
+    ));
+    let start = Instant::now();
+    while alive() && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The folder of trial `t`.
 pub fn trial_dir(dir: &Path, t: usize) -> PathBuf {
     dir.join("trials").join(format!("{t:03}"))
@@ -361,6 +387,7 @@ pub fn run_search(run: &SearchRun<'_>, mut state: SearchState) -> Result<SearchS
                 let trial = &mut state.trials[i];
                 let dir = trial_dir(&run.dir, trial.trial);
                 std::fs::create_dir_all(&dir)?;
+                wait_for_orphan(&dir, run.progress);
                 // Finished before the search was stopped: record it, do not rerun it.
                 if let Some((status, seconds)) = outcome(&dir) {
                     trial.status = status;
@@ -387,6 +414,8 @@ pub fn run_search(run: &SearchRun<'_>, mut state: SearchState) -> Result<SearchS
                     .stderr(Stdio::from(log))
                     .spawn()
                     .context("cannot start a trial process")?;
+                // The trial removes this when it stops.
+                std::fs::write(dir.join(TRAINING_MARKER), child.id().to_string())?;
                 run.progress.line(&format!(
                     "trial {:03} {}: {}",
                     trial.trial,

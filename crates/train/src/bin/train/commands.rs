@@ -58,6 +58,9 @@ fn load_prepared(
 /// writes a checkpoint and stops, instead of running on unattended.
 const STOP_WITH_PARENT: &str = "CIFAR_BURN_STOP_WITH_PARENT";
 
+/// The file a search's trial keeps in its run folder while it trains (its process id).
+const TRAINING_MARKER: &str = cifar_train::search::runner::TRAINING_MARKER;
+
 /// The Ctrl-C flag, also raised when the parent process goes away (with
 /// [`STOP_WITH_PARENT`] set; a dead parent's children are adopted, so the
 /// parent id changes).
@@ -79,6 +82,8 @@ fn stop_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
 
 /// `train fit`.
 pub fn fit_command(args: &FitArgs) -> Result<()> {
+    // First, so that a search's trial whose search dies while it loads the data stops too.
+    let interrupt = stop_flag();
     if args.resume && args.out.is_none() {
         bail!("--resume continues the run in --out DIR: pass the folder of the run to continue");
     }
@@ -136,6 +141,10 @@ pub fn fit_command(args: &FitArgs) -> Result<()> {
         run.path().display(),
         config.backend
     ));
+    // A search writes its trial's process id into the folder when it starts
+    // it (so that a resumed search waits for an orphaned trial); the trial
+    // removes the mark when it stops.
+    let marker = std::env::var_os(STOP_WITH_PARENT).map(|_| run.file(TRAINING_MARKER));
     let summary = fit(
         &config,
         &prepared,
@@ -143,11 +152,15 @@ pub fn fit_command(args: &FitArgs) -> Result<()> {
         &device,
         FitOptions {
             resume: args.resume,
-            interrupt: stop_flag(),
+            interrupt,
             progress,
             monitor_every: args.monitor_every,
         },
-    )?;
+    );
+    if let Some(marker) = &marker {
+        let _ = std::fs::remove_file(marker);
+    }
+    let summary = summary?;
     let report = report::write_report(&run)?;
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
