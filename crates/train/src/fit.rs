@@ -57,6 +57,12 @@ pub enum RunStatus {
         /// was far above the healthy 1e-3 (above 1e-2), largest first.
         layers: Vec<(String, f64)>,
     },
+    /// Stopped after the epoch asked for (`FitOptions::stop_after_epoch`),
+    /// with a checkpoint to continue from.
+    Paused {
+        /// Epochs trained.
+        epoch: usize,
+    },
     /// Stopped by Ctrl-C after writing a checkpoint.
     Interrupted {
         /// 1-based epoch of the last step.
@@ -103,6 +109,9 @@ pub struct FitOptions {
     /// Layer-monitor interval in steps: `None` for about 20 points per
     /// epoch, `Some(0)` for no monitor.
     pub monitor_every: Option<usize>,
+    /// Stop (with a checkpoint) once this many epochs are trained, before
+    /// `config.epochs`; the schedule stays that of the whole run.
+    pub stop_after_epoch: Option<usize>,
 }
 
 impl FitOptions {
@@ -116,6 +125,7 @@ impl FitOptions {
                 bars: false,
             },
             monitor_every: None,
+            stop_after_epoch: None,
         }
     }
 }
@@ -321,6 +331,13 @@ pub fn fit(
             m.on_epoch_end(&end)?;
         }
         crate::charts::training_charts(run, &metrics, monitor.as_ref())?;
+        if options
+            .stop_after_epoch
+            .is_some_and(|stop| state.epoch >= stop && state.epoch < config.epochs)
+        {
+            status = RunStatus::Paused { epoch: state.epoch };
+            break;
+        }
     }
     drop(progress);
     if status != RunStatus::Finished {

@@ -200,3 +200,51 @@ fn kill_9_then_resume_runs_the_same_trials() {
     }
     assert!(Path::new(&killed.join("trials/004/summary.json")).is_file());
 }
+
+#[test]
+fn asha_promotes_the_best_third_and_continues_from_checkpoints() {
+    let (tmp, data) = dataset();
+    let out = tmp.path().join("asha");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    // Rungs at 1 and 3 epochs of 9. Six trials reach rung 1; the best third
+    // (two) go on to epoch 3; two at rung 3 promote nobody (floor(2 / 3) = 0).
+    let result = json(&ok(&search_args(
+        d,
+        o,
+        "9x6",
+        &["--prune", "asha", "--json"],
+    )));
+    let trials = result["trials"].as_array().unwrap();
+    let epochs: Vec<usize> = trials
+        .iter()
+        .map(|t| t["accuracies"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(epochs.iter().filter(|&&e| e == 1).count(), 4, "{epochs:?}");
+    assert_eq!(epochs.iter().filter(|&&e| e == 3).count(), 2, "{epochs:?}");
+    for t in trials {
+        assert_eq!(t["status"], "pruned", "{t}");
+    }
+    // The promoted trials continued their runs: one metrics file, three epoch rows.
+    let promoted = trials
+        .iter()
+        .find(|t| t["accuracies"].as_array().unwrap().len() == 3)
+        .unwrap();
+    let dir = out.join(format!("trials/{:03}", promoted["trial"].as_u64().unwrap()));
+    let metrics = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    assert_eq!(
+        metrics.lines().filter(|l| l.starts_with("epoch,")).count(),
+        3
+    );
+    // The best at rung 1 were the ones promoted.
+    let mut at_rung: Vec<(f64, usize)> = trials
+        .iter()
+        .map(|t| {
+            (
+                t["accuracies"][0].as_f64().unwrap(),
+                t["accuracies"].as_array().unwrap().len(),
+            )
+        })
+        .collect();
+    at_rung.sort_by(|a, b| b.0.total_cmp(&a.0));
+    assert!(at_rung[0].1 == 3, "{at_rung:?}");
+}

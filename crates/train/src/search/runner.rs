@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::prune::MedianRule;
+use super::prune::{Asha, MedianRule};
 use super::space::{Param, Value, draw, narrow};
 use crate::config::TrainConfig;
 use crate::progress::Progress;
@@ -64,6 +64,8 @@ pub enum Prune {
     None,
     /// Stop a trial below the median of earlier trials at the same epoch.
     Median,
+    /// Asynchronous successive halving over epochs (reduction factor 3).
+    Asha,
 }
 
 impl FromStr for Prune {
@@ -73,7 +75,10 @@ impl FromStr for Prune {
         match s {
             "none" => Ok(Prune::None),
             "median" => Ok(Prune::Median),
-            _ => Err(format!("unknown --prune '{s}': expected none or median")),
+            "asha" => Ok(Prune::Asha),
+            _ => Err(format!(
+                "unknown --prune '{s}': expected none, median or asha"
+            )),
         }
     }
 }
@@ -86,6 +91,8 @@ pub enum TrialStatus {
     Queued,
     /// A process is training it.
     Running,
+    /// Waiting at an ASHA rung for a promotion.
+    Paused,
     /// Trained every epoch.
     Finished,
     /// Its loss diverged (NaN, or above 3x its initial value).
@@ -137,7 +144,10 @@ impl Trial {
 
     /// Whether the trial is over (finished, diverged, pruned or failed).
     pub fn is_done(&self) -> bool {
-        !matches!(self.status, TrialStatus::Queued | TrialStatus::Running)
+        !matches!(
+            self.status,
+            TrialStatus::Queued | TrialStatus::Running | TrialStatus::Paused
+        )
     }
 }
 
@@ -231,7 +241,11 @@ impl SearchState {
 }
 
 /// Builds a trial's config from the base, the drawn values and the epochs.
-pub type MakeConfig = dyn Fn(&TrainConfig, &[(String, Value)], usize) -> Result<TrainConfig>;
+pub type MakeConfig<'a> =
+    dyn Fn(&TrainConfig, &[(String, Value)], usize) -> Result<TrainConfig> + 'a;
+
+/// Builds the command that trains a run folder: (folder, resume, until epoch).
+pub type Launch<'a> = dyn Fn(&Path, bool, Option<usize>) -> Command + 'a;
 
 /// What a search needs from its caller.
 pub struct SearchRun<'a> {
@@ -245,13 +259,16 @@ pub struct SearchRun<'a> {
     pub progress: Progress,
     /// The full config of a trial: the base with these values and epochs
     /// (fails when `train fit` would reject them).
-    pub make_config: &'a MakeConfig,
-    /// The command that trains a run folder (`train fit --config FILE --out DIR`, or `--resume`).
-    pub launch: &'a dyn Fn(&Path, bool) -> Command,
+    pub make_config: &'a MakeConfig<'a>,
+    /// The command that trains a run folder (`train fit --config FILE --out
+    /// DIR`, or `--resume`), up to an epoch (`--until-epoch`) when given.
+    pub launch: &'a Launch<'a>,
 }
 
 struct Running {
     index: usize,
+    /// The epoch it trains up to.
+    target: usize,
     child: Child,
     dir: PathBuf,
     started: Instant,
@@ -306,6 +323,7 @@ fn outcome(run: &Path) -> Option<(TrialStatus, f64)> {
     let status = match summary["status"].as_str()? {
         "finished" => TrialStatus::Finished,
         "diverged" => TrialStatus::Diverged,
+        "paused" => TrialStatus::Paused,
         _ => return None,
     };
     Some((status, summary["seconds"].as_f64().unwrap_or(0.0)))
@@ -376,20 +394,32 @@ pub fn run_search(run: &SearchRun<'_>, mut state: SearchState) -> Result<SearchS
         let mut queue: Vec<usize> = numbers
             .iter()
             .filter_map(|&t| state.trials.iter().position(|x| x.trial == t))
+            .filter(|&i| state.trials[i].status != TrialStatus::Paused)
             .filter(|&i| !state.trials[i].is_done())
             .collect();
         queue.reverse();
+        let asha = (run.prune == Prune::Asha).then(|| Asha::new(stage.epochs));
+        let first_target = asha
+            .as_ref()
+            .and_then(|a| a.rungs().first().copied())
+            .unwrap_or(stage.epochs);
         let mut running: Vec<Running> = Vec::new();
-        while !queue.is_empty() || !running.is_empty() {
-            while running.len() < run.jobs.max(1)
-                && let Some(i) = queue.pop()
-            {
+        loop {
+            while running.len() < run.jobs.max(1) {
+                // ASHA promotes a waiting trial before it starts a new one.
+                let job = asha
+                    .as_ref()
+                    .and_then(|a| promotion(a, &state, s, &running))
+                    .or_else(|| queue.pop().map(|i| (i, first_target)));
+                let Some((i, target)) = job else { break };
                 let trial = &mut state.trials[i];
                 let dir = trial_dir(&run.dir, trial.trial);
                 std::fs::create_dir_all(&dir)?;
                 wait_for_orphan(&dir, run.progress);
                 // Finished before the search was stopped: record it, do not rerun it.
-                if let Some((status, seconds)) = outcome(&dir) {
+                if trial.status != TrialStatus::Paused
+                    && let Some((status, seconds)) = outcome(&dir)
+                {
                     trial.status = status;
                     trial.seconds = seconds;
                     trial.accuracies = epoch_accuracies(&dir);
@@ -408,29 +438,41 @@ pub fn run_search(run: &SearchRun<'_>, mut state: SearchState) -> Result<SearchS
                         serde_json::to_string_pretty(&config)?.as_bytes(),
                     )?;
                 }
+                let until = (target < stage.epochs).then_some(target);
                 let log = std::fs::File::create(dir.join("train.log"))?;
-                let child = (run.launch)(&dir, resume)
+                let child = (run.launch)(&dir, resume, until)
                     .stdout(Stdio::null())
                     .stderr(Stdio::from(log))
                     .spawn()
                     .context("cannot start a trial process")?;
                 // The trial removes this when it stops.
                 std::fs::write(dir.join(TRAINING_MARKER), child.id().to_string())?;
+                let verb = match (trial.status, resume) {
+                    (TrialStatus::Paused, _) => "is promoted",
+                    (_, true) => "resumes",
+                    _ => "starts",
+                };
                 run.progress.line(&format!(
-                    "trial {:03} {}: {}",
+                    "trial {:03} {verb}{}: {}",
                     trial.trial,
-                    if resume { "resumes" } else { "starts" },
+                    until
+                        .map(|u| format!(" (to epoch {u})"))
+                        .unwrap_or_default(),
                     describe(&trial.params)
                 ));
                 trial.status = TrialStatus::Running;
                 running.push(Running {
                     index: i,
+                    target,
                     child,
                     dir,
                     started: Instant::now(),
                     pruned: false,
                 });
                 state.save(&run.dir)?;
+            }
+            if running.is_empty() {
+                break;
             }
             std::thread::sleep(Duration::from_millis(100));
             let mut k = 0;
@@ -520,9 +562,45 @@ pub fn run_search(run: &SearchRun<'_>, mut state: SearchState) -> Result<SearchS
                 }
             }
         }
+        // Trials still waiting at a rung were never promoted: ASHA stopped them.
+        for t in state.trials.iter_mut().filter(|t| t.stage == s) {
+            if t.status == TrialStatus::Paused {
+                t.status = TrialStatus::Pruned;
+            }
+        }
+        state.save(&run.dir)?;
     }
     state.save(&run.dir)?;
     Ok(state)
+}
+
+/// The next ASHA promotion of stage `s`: a waiting trial among the best
+/// third at its rung, with the epoch it continues to.
+fn promotion(
+    asha: &Asha,
+    state: &SearchState,
+    s: usize,
+    running: &[Running],
+) -> Option<(usize, usize)> {
+    for &rung in asha.rungs().iter().rev() {
+        let mut reached = Vec::new();
+        let mut promoted = Vec::new();
+        for (i, t) in state.trials.iter().enumerate() {
+            if t.stage != s || t.accuracies.len() < rung {
+                continue;
+            }
+            reached.push((i, t.accuracies[rung - 1]));
+            let beyond = t.accuracies.len() > rung
+                || running.iter().any(|r| r.index == i && r.target > rung);
+            if beyond || t.status != TrialStatus::Paused {
+                promoted.push(i);
+            }
+        }
+        if let Some(&i) = asha.promotable(&reached, &promoted).first() {
+            return Some((i, asha.next_rung(rung)));
+        }
+    }
+    None
 }
 
 /// Writes the best trial's config to `dir/best.json`, ready for `train fit --config`.

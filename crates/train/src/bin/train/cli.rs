@@ -165,6 +165,9 @@ pub struct FitArgs {
     /// Continue the run in --out from its checkpoint (flags such as --epochs still apply)
     #[arg(long)]
     pub resume: bool,
+    /// Stop after epoch N of --epochs with a checkpoint (continue with --resume; the schedule spans all epochs)
+    #[arg(long, value_name = "N")]
+    pub until_epoch: Option<usize>,
     /// Record per-layer statistics to layers.csv every K steps (0: off) [default: about 20 times per epoch]
     #[arg(long, value_name = "K")]
     pub monitor_every: Option<usize>,
@@ -237,7 +240,7 @@ pub struct SearchArgs {
     /// Trials at once, each a process with its share of the cores
     #[arg(long, default_value_t = 1, value_name = "J")]
     pub jobs: usize,
-    /// none, or median (stop a trial below the median of earlier ones at the same epoch)
+    /// none; median (stop a trial below the median of earlier ones at the same epoch); or asha (successive halving over epochs, factor 3)
     #[arg(long, default_value = "none", value_name = "RULE")]
     pub prune: String,
     /// Continue the search in --out (finished trials are kept, interrupted ones continue)

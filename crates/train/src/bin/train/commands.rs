@@ -100,6 +100,9 @@ pub fn fit_command(args: &FitArgs) -> Result<()> {
             out.display()
         );
     }
+    if let Some(n) = args.until_epoch {
+        anyhow::ensure!(n > 0, "--until-epoch must be at least 1");
+    }
     let find_lr = args.flags.lr == Some(LrArg::Find);
     if find_lr && args.resume {
         bail!(
@@ -155,6 +158,7 @@ pub fn fit_command(args: &FitArgs) -> Result<()> {
             interrupt,
             progress,
             monitor_every: args.monitor_every,
+            stop_after_epoch: args.until_epoch,
         },
     );
     if let Some(marker) = &marker {
@@ -219,6 +223,13 @@ fn finish_message(
                 config.lr / 10.0,
                 summary.run_dir
             )
+        }
+        RunStatus::Paused { epoch } => {
+            progress.line(&format!(
+                "paused after epoch {epoch} of {} (--until-epoch): best val acc {:.4}; continue with `train fit --out {} --resume`",
+                config.epochs, summary.val_accuracy, summary.run_dir
+            ));
+            Ok(())
         }
         RunStatus::Interrupted { epoch, step } => bail!(
             "interrupted at step {step} of epoch {epoch}: checkpoint written to {}/checkpoint; \
@@ -824,13 +835,16 @@ pub fn search_command(args: &SearchArgs) -> Result<()> {
     let threads = (cores / args.jobs).max(1).to_string();
     let exe = std::env::current_exe().context("cannot find the train executable")?;
     let source = args.flags.source.clone();
-    let launch = |dir: &Path, resume: bool| {
+    let launch = |dir: &Path, resume: bool, until: Option<usize>| {
         let mut cmd = std::process::Command::new(&exe);
         cmd.arg("fit");
         if resume {
             cmd.arg("--resume");
         } else {
             cmd.arg("--config").arg(dir.join("config.json"));
+        }
+        if let Some(epoch) = until {
+            cmd.arg("--until-epoch").arg(epoch.to_string());
         }
         cmd.arg("--out").arg(dir).arg("--json");
         if let Some(data) = &source.data {
