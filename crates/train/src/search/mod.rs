@@ -4,7 +4,7 @@
 //!
 //! - [`space`]: parsing `--space NAME=KIND:ARGS`, drawing candidates from
 //!   (seed, trial) alone, narrowing between stages, edge warnings.
-//! - [`prune`]: the median rule and asynchronous successive halving.
+//! - [`prune`]: the median rule and asynchronous successive halving (ASHA).
 //! - [`runner`]: stages of trials, each a `train fit` process with its own
 //!   run folder, several at once, the state in `search.json`.
 
