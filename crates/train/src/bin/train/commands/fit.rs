@@ -1,0 +1,203 @@
+//! `train fit`: train a run, `--lr find` first if asked, and say how it ended.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use cifar_train::config::TrainConfig;
+use cifar_train::diagnostics::lr_find::{LrFindConfig, lr_find};
+use cifar_train::fit::{FitOptions, RunStatus, RunSummary, fit, interrupt_flag};
+use cifar_train::progress::Progress;
+use cifar_train::rundir::RunDir;
+use cifar_train::{backend, report};
+
+use super::lr_find::{print_suggestions, write_lr_find};
+use super::{default_run_dir, load_prepared};
+use crate::cli::{FitArgs, LrArg};
+
+/// Set by `train search` for its trials: a trial whose search process dies
+/// writes a checkpoint and stops, instead of running on unattended.
+pub(super) const STOP_WITH_PARENT: &str = "CIFAR_BURN_STOP_WITH_PARENT";
+
+/// The file a search's trial keeps in its run folder while it trains (its process id).
+const TRAINING_MARKER: &str = cifar_train::search::runner::TRAINING_MARKER;
+
+/// The Ctrl-C flag, also raised when the parent process goes away (with
+/// [`STOP_WITH_PARENT`] set; a dead parent's children are adopted, so the
+/// parent id changes).
+fn stop_flag() -> Arc<AtomicBool> {
+    let flag = interrupt_flag();
+    #[cfg(unix)]
+    if std::env::var_os(STOP_WITH_PARENT).is_some() {
+        let parent = std::os::unix::process::parent_id();
+        let watched = flag.clone();
+        std::thread::spawn(move || {
+            while std::os::unix::process::parent_id() == parent {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            watched.store(true, Ordering::SeqCst);
+        });
+    }
+    flag
+}
+
+/// `train fit`.
+pub fn fit_command(args: &FitArgs) -> Result<()> {
+    // First, so that a search's trial whose search dies while it loads the data stops too.
+    let interrupt = stop_flag();
+    if args.resume && args.out.is_none() {
+        bail!("--resume continues the run in --out DIR: pass the folder of the run to continue");
+    }
+    let out = args.out.clone().unwrap_or_else(|| default_run_dir(""));
+    let base = if args.resume {
+        Some(RunDir::open(&out).context("--resume")?.load_config()?)
+    } else {
+        None
+    };
+    let mut config = args.flags.to_config(base)?;
+    if !args.resume && out.join("checkpoint").exists() {
+        bail!(
+            "{} already holds a run: pass --resume to continue it, or another --out",
+            out.display()
+        );
+    }
+    if let Some(n) = args.until_epoch {
+        anyhow::ensure!(n > 0, "--until-epoch must be at least 1");
+    }
+    let find_lr = args.flags.lr == Some(LrArg::Find);
+    if find_lr && args.resume {
+        bail!(
+            "--lr find picks the rate of a new run; a resumed run keeps its own (--lr {})",
+            config.lr
+        );
+    }
+    let device = backend::device(config.backend)?;
+    let progress = Progress::new(args.json);
+    // A resumed run keeps the preprocessing it was fitted with.
+    let saved = if args.resume {
+        Some(RunDir::open(&out)?.load_preprocessing()?)
+    } else {
+        None
+    };
+    let prepared = load_prepared(&args.flags, &config, saved, progress)?;
+    let run = RunDir::create(&out)?;
+    if find_lr {
+        progress.line("--lr find: running the learning-rate finder first");
+        let result = lr_find(
+            &config,
+            &prepared,
+            &device,
+            &LrFindConfig::default(),
+            progress,
+        )?;
+        write_lr_find(&result, &run)?;
+        print_suggestions(&result, progress);
+        config.lr = result.lr;
+        progress.line(&format!(
+            "training a freshly initialized model with the {} suggestion, --lr {:.3e}",
+            result.chosen, result.lr
+        ));
+    }
+    run.save_config(&config)?;
+    run.save_preprocessing(&prepared.fitted)?;
+    progress.line(&format!(
+        "run folder: {}, backend {}",
+        run.path().display(),
+        config.backend
+    ));
+    // A search writes its trial's process id into the folder when it starts
+    // it (so that a resumed search waits for an orphaned trial); the trial
+    // removes the mark when it stops.
+    let marker = std::env::var_os(STOP_WITH_PARENT).map(|_| run.file(TRAINING_MARKER));
+    let summary = fit(
+        &config,
+        &prepared,
+        &run,
+        &device,
+        FitOptions {
+            resume: args.resume,
+            interrupt,
+            progress,
+            monitor_every: args.monitor_every,
+            stop_after_epoch: args.until_epoch,
+        },
+    );
+    if let Some(marker) = &marker {
+        let _ = std::fs::remove_file(marker);
+    }
+    let summary = summary?;
+    let report = report::write_report(&run)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    }
+    finish_message(&summary, &config, progress, &report)
+}
+
+/// The closing line of a run, or the error that says why it stopped.
+fn finish_message(
+    summary: &RunSummary,
+    config: &TrainConfig,
+    progress: Progress,
+    report: &Path,
+) -> Result<()> {
+    match &summary.status {
+        RunStatus::Finished => {
+            progress.line(&format!(
+                "done: best val acc {:.4}{}, {:.0} img/s, {:.0}s; run folder {}, report {}",
+                summary.val_accuracy,
+                summary
+                    .test_accuracy
+                    .map(|a| format!(", test acc {a:.4}"))
+                    .unwrap_or_default(),
+                summary.images_per_sec,
+                summary.seconds,
+                summary.run_dir,
+                report.display()
+            ));
+            Ok(())
+        }
+        RunStatus::Diverged {
+            epoch,
+            step,
+            divergence,
+            layers,
+        } => {
+            let layers = if layers.is_empty() {
+                String::new()
+            } else {
+                let named: Vec<String> = layers
+                    .iter()
+                    .take(5)
+                    .map(|(name, ratio)| format!("{name} {ratio:.1e}"))
+                    .collect();
+                format!(
+                    " The update/weight ratio was far above the healthy 1e-3 at the last monitor point in: {}.",
+                    named.join(", ")
+                )
+            };
+            bail!(
+                "training diverged at step {step} of epoch {epoch}: {}.{layers} \
+                 Lower the learning rate (--lr {} now; try {}), or add warmup (--warmup 1). \
+                 Metrics and charts so far are in {}",
+                divergence.describe(),
+                config.lr,
+                config.lr / 10.0,
+                summary.run_dir
+            )
+        }
+        RunStatus::Paused { epoch } => {
+            progress.line(&format!(
+                "paused after epoch {epoch} of {} (--until-epoch): best val acc {:.4}; continue with `train fit --out {} --resume`",
+                config.epochs, summary.val_accuracy, summary.run_dir
+            ));
+            Ok(())
+        }
+        RunStatus::Interrupted { epoch, step } => bail!(
+            "interrupted at step {step} of epoch {epoch}: checkpoint written to {}/checkpoint; \
+             continue with `train fit --out {} --resume`",
+            summary.run_dir,
+            summary.run_dir
+        ),
+    }
+}
