@@ -830,6 +830,46 @@ pub fn lr_find_chart(path: &Path, result: &LrFindResult) -> Result<()> {
     })
 }
 
+/// One panel of `search-params.png`: accuracy against one parameter.
+struct ScatterPanel<'p> {
+    name: &'p str,
+    points: &'p [(f64, f64)],
+}
+
+impl ScatterPanel<'_> {
+    fn draw<'a, DB, X>(
+        &self,
+        chart: &mut ChartContext<'a, DB, Cartesian2d<X, RangedCoordf64>>,
+        log: bool,
+        labels: usize,
+        format: &dyn Fn(&f64) -> String,
+    ) -> DrawResult
+    where
+        DB: DrawingBackend + 'a,
+        DB::ErrorType: 'static,
+        X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    {
+        chart
+            .configure_mesh()
+            .x_desc(if log {
+                format!("{} (log scale)", self.name)
+            } else {
+                self.name.to_string()
+            })
+            .y_desc("val accuracy")
+            .x_labels(labels)
+            .x_label_formatter(format)
+            .label_style((FAMILY, 12).into_font().color(&BLACK))
+            .draw()?;
+        chart.draw_series(
+            self.points
+                .iter()
+                .map(|&q| Circle::new(q, 4, PALETTE[0].filled())),
+        )?;
+        Ok(())
+    }
+}
+
 /// Blue (low) to yellow (high), for `t` in `[0, 1]`.
 fn heat(t: f64) -> RGBColor {
     let t = t.clamp(0.0, 1.0);
@@ -880,48 +920,15 @@ pub fn search_charts(dir: &Path, state: &crate::search::runner::SearchState) -> 
                     .margin(12)
                     .x_label_area_size(40)
                     .y_label_area_size(55);
+                let panel = ScatterPanel {
+                    name: &p.name,
+                    points: &points,
+                };
                 match &p.range {
                     Range::Log { low, high } => {
                         let mut chart =
                             builder.build_cartesian_2d((*low..*high).log_scale(), y0..y1)?;
-                        chart
-                            .configure_mesh()
-                            .x_desc(format!("{} (log scale)", p.name))
-                            .y_desc("val accuracy")
-                            .x_labels(5)
-                            .x_label_formatter(&|x| format!("{x:.0e}"))
-                            .label_style((FAMILY, 12).into_font().color(&BLACK))
-                            .draw()?;
-                        chart.draw_series(
-                            points
-                                .iter()
-                                .map(|&q| Circle::new(q, 4, PALETTE[0].filled())),
-                        )?;
-                    }
-                    Range::Choice { values } => {
-                        let n = values.len();
-                        let mut chart =
-                            builder.build_cartesian_2d(-0.5f64..n as f64 - 0.5, y0..y1)?;
-                        chart
-                            .configure_mesh()
-                            .x_desc(p.name.clone())
-                            .y_desc("val accuracy")
-                            .x_labels(n + 1)
-                            .x_label_formatter(&|x| {
-                                let i = x.round();
-                                if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
-                                    values[i as usize].clone()
-                                } else {
-                                    String::new()
-                                }
-                            })
-                            .label_style((FAMILY, 12).into_font().color(&BLACK))
-                            .draw()?;
-                        chart.draw_series(
-                            points
-                                .iter()
-                                .map(|&q| Circle::new(q, 4, PALETTE[0].filled())),
-                        )?;
+                        panel.draw(&mut chart, true, 5, &|x| format!("{x:.0e}"))?;
                     }
                     Range::Int {
                         low,
@@ -930,36 +937,26 @@ pub fn search_charts(dir: &Path, state: &crate::search::runner::SearchState) -> 
                     } => {
                         let (x0, x1) = (*low as f64 * 0.9, *high as f64 * 1.1);
                         let mut chart = builder.build_cartesian_2d((x0..x1).log_scale(), y0..y1)?;
-                        chart
-                            .configure_mesh()
-                            .x_desc(format!("{} (log scale)", p.name))
-                            .y_desc("val accuracy")
-                            .x_labels(5)
-                            .x_label_formatter(&|x| format!("{x:.0}"))
-                            .label_style((FAMILY, 12).into_font().color(&BLACK))
-                            .draw()?;
-                        chart.draw_series(
-                            points
-                                .iter()
-                                .map(|&q| Circle::new(q, 4, PALETTE[0].filled())),
-                        )?;
+                        panel.draw(&mut chart, true, 5, &|x| format!("{x:.0}"))?;
+                    }
+                    Range::Choice { values } => {
+                        let n = values.len();
+                        let mut chart =
+                            builder.build_cartesian_2d(-0.5f64..n as f64 - 0.5, y0..y1)?;
+                        let name = |x: &f64| {
+                            let i = x.round();
+                            if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
+                                values[i as usize].clone()
+                            } else {
+                                String::new()
+                            }
+                        };
+                        panel.draw(&mut chart, false, n + 1, &name)?;
                     }
                     _ => {
                         let (x0, x1) = span(points.iter().map(|p| p.0), 0.05);
                         let mut chart = builder.build_cartesian_2d(x0..x1, y0..y1)?;
-                        chart
-                            .configure_mesh()
-                            .x_desc(p.name.clone())
-                            .y_desc("val accuracy")
-                            .x_labels(5)
-                            .x_label_formatter(&|x| format!("{x:.3}"))
-                            .label_style((FAMILY, 12).into_font().color(&BLACK))
-                            .draw()?;
-                        chart.draw_series(
-                            points
-                                .iter()
-                                .map(|&q| Circle::new(q, 4, PALETTE[0].filled())),
-                        )?;
+                        panel.draw(&mut chart, false, 5, &|x| format!("{x:.3}"))?;
                     }
                 }
             }

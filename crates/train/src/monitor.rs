@@ -262,15 +262,9 @@ impl LayerMonitor {
             .map(|(_, r)| *r)
             .filter(|r| r.is_finite())
             .collect();
-        if ratios.is_empty() {
-            return;
-        }
-        ratios.sort_by(f64::total_cmp);
         let n = ratios.len();
-        let median = if n % 2 == 1 {
-            ratios[n / 2]
-        } else {
-            (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0
+        let Some(median) = crate::search::prune::median(&mut ratios) else {
+            return;
         };
         self.high_streak = if median > HIGH_RATIO {
             self.high_streak + 1

@@ -5,6 +5,21 @@
 //! Both decide from validation accuracies alone (higher is better), so they
 //! are plain functions of a trial history and tested against hand-made ones.
 
+/// The median of `values` (the mean of the middle two for an even count);
+/// `None` when empty. Sorts `values`.
+pub fn median(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    Some(if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    })
+}
+
 /// The median rule: after `startup_trials` trials have reported an epoch,
 /// a trial whose accuracy at that epoch is below their median stops.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -39,14 +54,7 @@ impl MedianRule {
         if at_epoch.len() < self.startup_trials.max(1) {
             return false;
         }
-        at_epoch.sort_by(f64::total_cmp);
-        let n = at_epoch.len();
-        let median = if n % 2 == 1 {
-            at_epoch[n / 2]
-        } else {
-            (at_epoch[n / 2 - 1] + at_epoch[n / 2]) / 2.0
-        };
-        accuracy < median
+        median(&mut at_epoch).is_some_and(|m| accuracy < m)
     }
 }
 
