@@ -132,30 +132,11 @@ impl LayerMonitor {
         resume_at: Option<usize>,
         progress: Progress,
     ) -> Result<Self> {
-        let mut kept = format!("{LAYERS_HEADER}\n");
-        let mut ratios = Vec::new();
-        if let Some(iteration) = resume_at
-            && let Ok(text) = std::fs::read_to_string(path)
-        {
-            for line in text.lines().skip(1) {
-                let fields: Vec<&str> = line.split(',').collect();
-                let Some(step) = fields.first().and_then(|s| s.parse::<usize>().ok()) else {
-                    continue;
-                };
-                if step > iteration {
-                    continue;
-                }
-                if fields.len() == 5 && fields[3] == "update_ratio" {
-                    ratios.push(RatioPoint {
-                        iteration: step - 1,
-                        name: format!("{}.{}", fields[1], fields[2]),
-                        ratio: fields[4].parse().unwrap_or(f64::NAN),
-                    });
-                }
-                kept.push_str(line);
-                kept.push('\n');
-            }
-        }
+        let text = match resume_at {
+            Some(_) => std::fs::read_to_string(path).unwrap_or_default(),
+            None => String::new(),
+        };
+        let (kept, ratios) = parse_layers_csv(&text, resume_at.unwrap_or(0));
         crate::rundir::write_atomic(path, kept.as_bytes())?;
         let file = std::fs::OpenOptions::new()
             .append(true)
@@ -364,6 +345,39 @@ impl LayerMonitor {
             }
         }
     }
+}
+
+/// The rows of a `layers.csv` text up to step `iteration` (1-based rows),
+/// and the weights' update ratios among them.
+fn parse_layers_csv(text: &str, iteration: usize) -> (String, Vec<RatioPoint>) {
+    let mut kept = format!("{LAYERS_HEADER}\n");
+    let mut ratios = Vec::new();
+    for line in text.lines().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        let Some(step) = fields.first().and_then(|s| s.parse::<usize>().ok()) else {
+            continue;
+        };
+        if step > iteration {
+            continue;
+        }
+        if fields.len() == 5 && fields[3] == "update_ratio" && fields[2] == "weight" {
+            ratios.push(RatioPoint {
+                iteration: step - 1,
+                name: format!("{}.{}", fields[1], fields[2]),
+                ratio: fields[4].parse().unwrap_or(f64::NAN),
+            });
+        }
+        kept.push_str(line);
+        kept.push('\n');
+    }
+    (kept, ratios)
+}
+
+/// The weights' update ratios recorded in a run's `layers.csv` (for redrawing its chart).
+pub fn read_ratios(path: &std::path::Path) -> Result<Vec<RatioPoint>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(parse_layers_csv(&text, usize::MAX).1)
 }
 
 impl StepObserver for LayerMonitor {

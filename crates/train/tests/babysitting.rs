@@ -248,8 +248,13 @@ fn fit_writes_monitor_charts_and_report() {
     assert!(report.contains("best validation accuracy"));
     // `train report` rebuilds it, here with a log-scale loss chart.
     std::fs::remove_file(out.join("report.html")).unwrap();
+    std::fs::remove_file(out.join("update-ratio.png")).unwrap();
     ok(&["report", "--run", out.to_str().unwrap(), "--log-loss"]);
     assert!(out.join("report.html").is_file());
+    assert!(
+        out.join("update-ratio.png").is_file(),
+        "redrawn from layers.csv"
+    );
 }
 
 #[test]
