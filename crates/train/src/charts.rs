@@ -622,6 +622,8 @@ pub fn confusion_chart(
 pub struct InitLayer {
     /// 1-based layer number.
     pub layer: usize,
+    /// The layer's name (`hidden3`, `stage2.conv1`).
+    pub name: String,
     /// Mean of the layer's outputs.
     pub mean: f64,
     /// Standard deviation of the layer's outputs.
@@ -682,7 +684,10 @@ pub fn init_stats_chart(
             .iter()
             .map(|l| {
                 (
-                    format!("layer {}: mean {:+.2e}, std {:.2e}", l.layer, l.mean, l.std),
+                    format!(
+                        "layer {} ({}): mean {:+.2e}, std {:.2e}",
+                        l.layer, l.name, l.mean, l.std
+                    ),
                     l.counts.clone(),
                 )
             })
@@ -735,19 +740,14 @@ pub fn model_init_stats_chart(
             let stats = cifar_models::ActivationStats::of(v, None, 1);
             InitLayer {
                 layer: i + 1,
+                name: values[i].0.clone(),
                 mean: stats.mean,
                 std: stats.std,
                 counts: cifar_models::Histogram::new(v, 30, lo, hi).counts,
             }
         })
         .collect();
-    let names: Vec<&str> = values.iter().map(|(n, _)| n.as_str()).collect();
-    init_stats_chart(
-        path,
-        &format!("{title} (hidden layers: {})", names.join(", ")),
-        &layers,
-        (lo, hi),
-    )
+    init_stats_chart(path, title, &layers, (lo, hi))
 }
 
 /// `lr-find.png`: loss against the learning rate (log scale), the three suggestions marked.

@@ -82,6 +82,7 @@ pub fn init_stats_command(args: &InitStatsArgs) -> Result<()> {
         }
         chart_layers.push(InitLayer {
             layer: i + 1,
+            name: format!("hidden{}", i + 1),
             mean: s.mean,
             std: s.std,
             counts: s.histogram.counts.clone(),
