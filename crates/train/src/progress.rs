@@ -2,12 +2,22 @@
 //! and one summary line per epoch.
 
 use std::io::IsTerminal;
+use std::sync::Mutex;
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::callbacks::{Callback, EpochEnd, EpochSummary};
 use crate::trainer::StepInfo;
+
+/// The bar on screen, if any: lines printed while it is drawn go above it.
+static ACTIVE_BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+fn set_active(bar: Option<&ProgressBar>) {
+    if let Ok(mut active) = ACTIVE_BAR.lock() {
+        *active = bar.cloned();
+    }
+}
 
 /// Where progress is reported.
 #[derive(Debug, Clone, Copy)]
@@ -27,12 +37,19 @@ impl Progress {
         }
     }
 
-    /// Prints one line where human-readable output goes.
+    /// Prints one line where human-readable output goes (above the bar, if one is drawn).
     pub fn line(&self, text: &str) {
-        if self.to_stderr {
-            eprintln!("{text}");
-        } else {
-            println!("{text}");
+        let print = || {
+            if self.to_stderr {
+                eprintln!("{text}");
+            } else {
+                println!("{text}");
+            }
+        };
+        let active = ACTIVE_BAR.lock().ok().and_then(|bar| bar.clone());
+        match active {
+            Some(bar) => bar.suspend(print),
+            None => print(),
         }
     }
 
@@ -50,6 +67,7 @@ impl Progress {
             );
             bar.set_prefix(format!("{epoch}/{epochs}"));
             bar.set_position(done as u64);
+            set_active(Some(&bar));
             Some(bar)
         } else {
             None
@@ -76,6 +94,7 @@ impl Progress {
                     .progress_chars("=> "),
             );
             bar.set_prefix(name.to_string());
+            set_active(Some(&bar));
             bar
         });
         TaskBar {
@@ -128,6 +147,7 @@ impl EpochBar {
     /// Clears the bar.
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
+            set_active(None);
             bar.finish_and_clear();
         }
     }
@@ -164,6 +184,7 @@ impl TaskBar {
     /// Clears the bar.
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
+            set_active(None);
             bar.finish_and_clear();
         }
     }
