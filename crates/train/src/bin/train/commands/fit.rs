@@ -16,21 +16,25 @@ use super::lr_find::{print_suggestions, write_lr_find};
 use super::{default_run_dir, load_prepared};
 use crate::cli::{FitArgs, LrArg};
 
-/// Set by `train search` for its trials: a trial whose search process dies
-/// writes a checkpoint and stops, instead of running on unattended.
+/// Set by `train search` for its trials, to the search's process id: a
+/// trial whose search process dies writes a checkpoint and stops, instead of
+/// running on unattended, and one whose search is already gone does not start.
 pub(super) const STOP_WITH_PARENT: &str = "CIFAR_BURN_STOP_WITH_PARENT";
 
 /// The file a search's trial keeps in its run folder while it trains (its process id).
 const TRAINING_MARKER: &str = cifar_train::search::runner::TRAINING_MARKER;
 
-/// The Ctrl-C flag, also raised when the parent process goes away (with
-/// [`STOP_WITH_PARENT`] set; a dead parent's children are adopted, so the
-/// parent id changes).
-fn stop_flag() -> Arc<AtomicBool> {
+/// The search process this trial belongs to, from [`STOP_WITH_PARENT`].
+fn search_parent() -> Option<u32> {
+    std::env::var(STOP_WITH_PARENT).ok()?.parse().ok()
+}
+
+/// The Ctrl-C flag, also raised when the search that started this trial
+/// goes away (a dead parent's children are adopted, so the parent id changes).
+fn stop_flag(search: Option<u32>) -> Arc<AtomicBool> {
     let flag = interrupt_flag();
     #[cfg(unix)]
-    if std::env::var_os(STOP_WITH_PARENT).is_some() {
-        let parent = std::os::unix::process::parent_id();
+    if let Some(parent) = search {
         let watched = flag.clone();
         std::thread::spawn(move || {
             while std::os::unix::process::parent_id() == parent {
@@ -39,13 +43,29 @@ fn stop_flag() -> Arc<AtomicBool> {
             watched.store(true, Ordering::SeqCst);
         });
     }
+    #[cfg(not(unix))]
+    let _ = search;
     flag
 }
 
 /// `train fit`.
 pub fn fit_command(args: &FitArgs) -> Result<()> {
-    // First, so that a search's trial whose search dies while it loads the data stops too.
-    let interrupt = stop_flag();
+    // A search's trial: mark the folder as being trained, and stop with the search.
+    let search = search_parent();
+    #[cfg(unix)]
+    if let Some(parent) = search
+        && std::os::unix::process::parent_id() != parent
+    {
+        bail!("the search (process {parent}) that started this trial is gone; not training");
+    }
+    if search.is_some()
+        && let Some(out) = &args.out
+    {
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        std::fs::write(out.join(TRAINING_MARKER), std::process::id().to_string())
+            .with_context(|| format!("cannot write {}", out.join(TRAINING_MARKER).display()))?;
+    }
+    let interrupt = stop_flag(search);
     if args.resume && args.out.is_none() {
         bail!("--resume continues the run in --out DIR: pass the folder of the run to continue");
     }
@@ -106,10 +126,9 @@ pub fn fit_command(args: &FitArgs) -> Result<()> {
         run.path().display(),
         config.backend
     ));
-    // A search writes its trial's process id into the folder when it starts
-    // it (so that a resumed search waits for an orphaned trial); the trial
-    // removes the mark when it stops.
-    let marker = std::env::var_os(STOP_WITH_PARENT).map(|_| run.file(TRAINING_MARKER));
+    // The trial's mark (written above, and by the search when it started
+    // the trial) goes when it stops, so that a resumed search need not wait.
+    let marker = search.map(|_| run.file(TRAINING_MARKER));
     let summary = fit(
         &config,
         &prepared,

@@ -139,7 +139,7 @@ pub fn search_command(args: &SearchArgs) -> Result<()> {
             cmd.arg("--download");
         }
         cmd.env("RAYON_NUM_THREADS", &threads)
-            .env(STOP_WITH_PARENT, "1");
+            .env(STOP_WITH_PARENT, std::process::id().to_string());
         cmd
     };
     let make_config = |base: &TrainConfig, params: &[(String, Value)], epochs: usize| {
