@@ -227,11 +227,22 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// The most warmup a run gets, as a fraction of its epochs: a run of
+    /// one epoch with the default one epoch of warmup would otherwise spend
+    /// all of it warming up.
+    pub const MAX_WARMUP_FRACTION: f64 = 0.2;
+
+    /// The warmup in force: `warmup`, capped at a fifth of the run.
+    pub fn effective_warmup(&self) -> f64 {
+        self.warmup
+            .min(Self::MAX_WARMUP_FRACTION * self.epochs as f64)
+    }
+
     /// The learning rate at `iteration` of a run of `total` iterations with
     /// `per_epoch` iterations per epoch.
     pub fn lr_at(&self, iteration: usize, total: usize, per_epoch: usize) -> f64 {
         let t = iteration as f64;
-        let warmup = self.warmup * per_epoch as f64;
+        let warmup = self.effective_warmup() * per_epoch as f64;
         let warm = if warmup > 0.0 && t < warmup {
             (t + 1.0) / warmup
         } else {
@@ -276,6 +287,23 @@ mod tests {
         c.warmup = 1.0;
         assert!((c.lr_at(4, 100, 10) - 0.5).abs() < 1e-12);
         assert_eq!(c.lr_at(10, 100, 10), 1.0);
+    }
+
+    #[test]
+    fn warmup_is_capped_at_a_fifth_of_the_run() {
+        let c = TrainConfig {
+            lr: 1.0,
+            warmup: 1.0,
+            epochs: 1,
+            lr_schedule: LrSchedule::Constant,
+            ..TrainConfig::default()
+        };
+        // One epoch of 100 steps: warmup ends after 20 steps, not 100.
+        assert!((c.effective_warmup() - 0.2).abs() < 1e-12);
+        assert!((c.lr_at(9, 100, 100) - 0.5).abs() < 1e-12);
+        assert_eq!(c.lr_at(20, 100, 100), 1.0);
+        let long = TrainConfig { epochs: 10, ..c };
+        assert_eq!(long.effective_warmup(), 1.0);
     }
 
     #[test]

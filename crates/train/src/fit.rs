@@ -183,7 +183,7 @@ pub fn fit(
             let settings = MonitorSettings::for_run(
                 per_epoch,
                 every,
-                (config.warmup * per_epoch as f64).ceil() as usize,
+                (config.effective_warmup() * per_epoch as f64).ceil() as usize,
                 config.model.activation(),
             );
             Some(LayerMonitor::new(

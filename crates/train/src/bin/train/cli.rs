@@ -130,7 +130,7 @@ pub struct TrainFlags {
     /// constant, step (÷10 at 50% and 75%), cosine [default: cosine]
     #[arg(long, value_name = "NAME")]
     pub lr_schedule: Option<LrSchedule>,
-    /// Epochs of linear learning-rate warmup [default: 1]
+    /// Epochs of linear learning-rate warmup, at most a fifth of --epochs [default: 1]
     #[arg(long, value_name = "EPOCHS")]
     pub warmup: Option<f64>,
     /// Passes over the training split [default: 10]

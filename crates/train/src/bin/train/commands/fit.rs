@@ -121,6 +121,14 @@ pub fn fit_command(args: &FitArgs) -> Result<()> {
     }
     run.save_config(&config)?;
     run.save_preprocessing(&prepared.fitted)?;
+    if config.effective_warmup() < config.warmup {
+        progress.line(&format!(
+            "note: --warmup {} is capped at a fifth of the {} epochs: {} epochs of warmup",
+            config.warmup,
+            config.epochs,
+            config.effective_warmup()
+        ));
+    }
     progress.line(&format!(
         "run folder: {}, backend {}",
         run.path().display(),
