@@ -83,11 +83,11 @@ pub fn draw(
             .map_err(|e| anyhow!("cannot draw {}: {e}", path.display()))?;
     }
     let image = image::RgbImage::from_raw(width, height, buffer).expect("buffer of the right size");
-    let tmp = path.with_extension("tmp.png");
+    let mut png = std::io::Cursor::new(Vec::new());
     image
-        .save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(|e| anyhow!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
+        .write_to(&mut png, image::ImageFormat::Png)
+        .map_err(|e| anyhow!("cannot encode {}: {e}", path.display()))?;
+    crate::rundir::write_atomic(path, png.get_ref())
 }
 
 fn caption_style() -> TextStyle<'static> {

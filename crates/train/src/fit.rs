@@ -173,13 +173,13 @@ pub fn fit(
     let mut metrics = MetricsLog::open(run, options.resume, state.iteration)?;
     let mut progress = ProgressReport::new(options.progress, config.epochs, config.batch_size);
     let mut checkpoints = Checkpointer::new(run);
+    // A fixed batch of validation images for the activation statistics.
+    let probe: Vec<usize> = (0..data.val.len().min(PROBE_IMAGES)).collect();
+    let val_batcher = CifarBatcher::new(data.val.clone());
     let mut monitor = match options.monitor_every {
         Some(0) => None,
         every => {
-            let probe: Vec<usize> = (0..data.val.len().min(PROBE_IMAGES)).collect();
-            let probe = CifarBatcher::new(data.val.clone())
-                .batch(probe, device)
-                .images;
+            let probe = val_batcher.batch(probe.clone(), device).images;
             let settings = MonitorSettings::for_run(
                 per_epoch,
                 every,
@@ -198,14 +198,10 @@ pub fn fit(
 
     if !options.resume {
         // The lecture's initialization figure, for this run's own network.
-        let probe: Vec<usize> = (0..data.val.len().min(PROBE_IMAGES)).collect();
-        let probe = CifarBatcher::new(data.val.clone())
-            .batch(probe, trainer.device())
-            .images;
         crate::charts::model_init_stats_chart(
             &run.file("init-stats.png"),
             trainer.model(),
-            probe,
+            val_batcher.batch(probe, trainer.device()).images,
             &format!(
                 "Activations at initialization, init {}",
                 config.model.weight_init()
@@ -317,6 +313,16 @@ pub fn fit(
             .is_none_or(|best| val.accuracy > best);
         if is_best {
             state.best_val_accuracy = Some(val.accuracy);
+            // The best model's confusion matrix is this epoch's evaluation.
+            crate::charts::confusion_chart(
+                &run.file("confusion-val.png"),
+                &val.confusion,
+                &cifar_data::CLASSES,
+                &format!(
+                    "Validation confusion matrix of the best model (epoch {}, accuracy {:.3})",
+                    state.epoch, val.accuracy
+                ),
+            )?;
         }
         let end = EpochEnd {
             summary: &summary,
@@ -340,7 +346,11 @@ pub fn fit(
         }
     }
     drop(progress);
-    if status != RunStatus::Finished {
+    // A run stopped mid-epoch has steps the epoch-end charts have not shown.
+    if matches!(
+        status,
+        RunStatus::Diverged { .. } | RunStatus::Interrupted { .. }
+    ) {
         crate::charts::training_charts(run, &metrics, monitor.as_ref())?;
     }
 
@@ -351,19 +361,6 @@ pub fn fit(
         }
         _ => None,
     };
-    if run.file("best.bpk").is_file() {
-        let best = run.load_best(config.model.init(device))?;
-        let val = evaluate(&best, &data.val, 500, device);
-        crate::charts::confusion_chart(
-            &run.file("confusion-val.png"),
-            &val.confusion,
-            &cifar_data::CLASSES,
-            &format!(
-                "Confusion matrix of the best model, validation split ({} images, accuracy {:.3})",
-                val.examples, val.accuracy
-            ),
-        )?;
-    }
     let seconds = run_start.elapsed().as_secs_f64();
     let summary = RunSummary {
         run_dir: run.path().display().to_string(),

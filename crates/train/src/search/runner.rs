@@ -19,8 +19,10 @@ use serde::{Deserialize, Serialize};
 
 use super::prune::{Asha, MedianRule};
 use super::space::{Param, Value, draw, narrow};
+use crate::callbacks::MetricsLog;
 use crate::config::TrainConfig;
 use crate::progress::Progress;
+use crate::rundir::RunDir;
 
 /// One stage: `trials` trials of `epochs` epochs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -308,12 +310,10 @@ pub fn trial_dir(dir: &Path, t: usize) -> PathBuf {
 
 /// Validation accuracies of the epochs a run folder has finished, from its `metrics.csv`.
 fn epoch_accuracies(run: &Path) -> Vec<f64> {
-    std::fs::read_to_string(run.join("metrics.csv"))
+    RunDir::open(run)
+        .and_then(|run| MetricsLog::read(&run))
+        .map(|m| m.epochs().iter().map(|(_, e)| e.val_accuracy).collect())
         .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with("epoch,"))
-        .filter_map(|l| l.split(',').nth(6).and_then(|v| v.parse().ok()))
-        .collect()
 }
 
 /// The status a finished process left in its run folder.
