@@ -1,5 +1,6 @@
 //! `train search` end to end on generated data: trials, table, best
-//! configuration, charts, bad spaces, and a `kill -9` then `--resume`.
+//! configuration, charts, bad spaces, a `kill -9` then `--resume`, and two
+//! worker processes sharing one search.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -47,6 +48,17 @@ fn search_args<'a>(
     args
 }
 
+/// The search in `out`, as `train search --summary --json` prints it.
+fn summary(out: &Path) -> Value {
+    json(&ok(&[
+        "search",
+        "--out",
+        out.to_str().unwrap(),
+        "--summary",
+        "--json",
+    ]))
+}
+
 fn trial_params(state: &Value) -> Vec<(u64, String)> {
     let mut trials: Vec<(u64, String)> = state["trials"]
         .as_array()
@@ -86,14 +98,12 @@ fn search_runs_stages_and_writes_table_best_config_and_charts() {
         "best.json",
         "search-params.png",
         "search-progress.png",
-        "search.json",
+        "search.db",
     ] {
         assert!(out.join(file).is_file(), "{file} missing");
     }
     // Stage 2 ran 2 epochs, inside the narrowed ranges, in normal run folders.
-    let state: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("search.json")).unwrap()).unwrap();
-    assert_eq!(state["stage_spaces"].as_array().unwrap().len(), 2);
+    assert_eq!(result["stage_spaces"].as_array().unwrap().len(), 2);
     assert!(out.join("trials/005/summary.json").is_file());
     assert!(out.join("trials/005/report.html").is_file());
     assert_eq!(trials[5]["accuracies"].as_array().unwrap().len(), 2);
@@ -154,9 +164,7 @@ fn kill_9_then_resume_runs_the_same_trials() {
     // Uninterrupted.
     let straight = tmp.path().join("straight");
     ok(&search_args(d, straight.to_str().unwrap(), "3x5", &[]));
-    let expected: Value =
-        serde_json::from_str(&std::fs::read_to_string(straight.join("search.json")).unwrap())
-            .unwrap();
+    let expected = summary(&straight);
 
     // Killed (SIGKILL) once a trial has finished, then resumed.
     let killed = tmp.path().join("killed");
@@ -168,9 +176,9 @@ fn kill_9_then_resume_runs_the_same_trials() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let state_file = killed.join("search.json");
+    let table = killed.join("trials.csv");
     let start = Instant::now();
-    while !std::fs::read_to_string(&state_file).is_ok_and(|s| s.contains("\"finished\"")) {
+    while !std::fs::read_to_string(&table).is_ok_and(|s| s.contains(",finished,")) {
         assert!(
             start.elapsed() < Duration::from_secs(120),
             "no trial finished"
@@ -179,8 +187,7 @@ fn kill_9_then_resume_runs_the_same_trials() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let partial: Value =
-        serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+    let partial = summary(&killed);
     let done = partial["trials"]
         .as_array()
         .unwrap()
@@ -191,8 +198,7 @@ fn kill_9_then_resume_runs_the_same_trials() {
     // The orphaned trial notices its search is gone and stops at a
     // checkpoint; the resumed search waits for it.
     ok(&["search", "--out", k, "--data", d, "--resume"]);
-    let resumed: Value =
-        serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+    let resumed = summary(&killed);
     assert_eq!(trial_params(&resumed), trial_params(&expected));
     for t in resumed["trials"].as_array().unwrap() {
         assert_eq!(t["status"], "finished", "{t}");
@@ -247,4 +253,100 @@ fn asha_promotes_the_best_third_and_continues_from_checkpoints() {
         .collect();
     at_rung.sort_by(|a, b| b.0.total_cmp(&a.0));
     assert!(at_rung[0].1 == 3, "{at_rung:?}");
+}
+
+#[test]
+fn two_workers_share_one_search_and_train_each_trial_once() {
+    let (tmp, data) = dataset();
+    let out = tmp.path().join("shared");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let spawn = |args: &[&str]| {
+        Command::new(TRAIN)
+            .args(args)
+            .env_remove("CIFAR10_DIR")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // The first worker creates the search; the second joins it with --resume.
+    let first = spawn(&search_args(d, o, "1x8,2x2", &[]));
+    let start = Instant::now();
+    while !out.join("trials.csv").is_file() {
+        assert!(start.elapsed() < Duration::from_secs(60), "no search.db");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let second = spawn(&["search", "--out", o, "--data", d, "--resume"]);
+    let mut logs = Vec::new();
+    for child in [first, second] {
+        let output = child.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&output.stdout).into_owned();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "a worker failed:\n{log}\n{err}");
+        logs.push(log);
+    }
+    let state = summary(&out);
+    let trials = state["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 10);
+    for t in trials {
+        assert_eq!(t["status"], "finished", "{t}");
+    }
+    // Every trial was started by exactly one worker, and both worked.
+    for t in 0..10 {
+        let starts = logs
+            .iter()
+            .map(|log| log.matches(&format!("trial {t:03} starts")).count())
+            .sum::<usize>();
+        assert_eq!(starts, 1, "trial {t}:\n{}\n---\n{}", logs[0], logs[1]);
+    }
+    let workers: std::collections::BTreeSet<&str> = trials
+        .iter()
+        .map(|t| t["worker"].as_str().unwrap())
+        .collect();
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    // Stage 2 was narrowed once, after all of stage 1, from both workers' trials.
+    assert_eq!(state["stage_spaces"].as_array().unwrap().len(), 2);
+    for t in &trials[8..] {
+        assert_eq!(t["accuracies"].as_array().unwrap().len(), 2, "{t}");
+    }
+}
+
+/// `--devices` on wgpu (in CI, Mesa's software Vulkan driver): one trial at
+/// a time on each listed adapter; skipped where no adapter exists unless
+/// `CIFAR_BURN_REQUIRE_WGPU` is set.
+#[cfg(feature = "wgpu")]
+#[test]
+fn devices_place_one_trial_per_adapter_and_a_wrong_one_fails_first() {
+    let (tmp, data) = dataset();
+    let d = data.to_str().unwrap();
+    let out = tmp.path().join("gpu");
+    let o = out.to_str().unwrap();
+    let wrong = tmp.path().join("wrong");
+    let w = wrong.to_str().unwrap();
+    let gpu = ["--backend", "wgpu", "--hidden", "8"];
+
+    let mut args = search_args(d, w, "1x2", &gpu);
+    args.extend_from_slice(&["--devices", "default,discrete:99"]);
+    let result = run(&args);
+    let err = stderr(&result);
+    assert!(!result.status.success());
+    assert!(
+        err.contains("--devices discrete:99") || err.contains("--devices default"),
+        "{err}"
+    );
+    assert!(!wrong.join("search.db").exists(), "a search was created");
+    if err.contains("--devices default") && std::env::var_os("CIFAR_BURN_REQUIRE_WGPU").is_none() {
+        eprintln!("skipping: {err}");
+        return;
+    }
+
+    let mut args = search_args(d, o, "1x2", &gpu);
+    args.extend_from_slice(&["--devices", "default,default", "--json"]);
+    let result = json(&ok(&args));
+    for t in result["trials"].as_array().unwrap() {
+        assert_eq!(t["status"], "finished", "{t}");
+        let n = t["trial"].as_u64().unwrap();
+        let log = std::fs::read_to_string(out.join(format!("trials/{n:03}/train.log"))).unwrap();
+        assert!(log.contains("training on wgpu, adapter default"), "{log}");
+    }
 }

@@ -6,7 +6,9 @@ use std::str::FromStr;
 use anyhow::{Result, bail};
 use cifar_data::Preprocessing;
 use cifar_models::{ActivationConfig, Init, ModelConfig, StageConfig};
+use cifar_train::backend::Adapter;
 use cifar_train::config::{Backend, LrSchedule, OptimizerKind, TrainConfig};
+use cifar_train::search::runner::Prune;
 use clap::{Args, Parser, Subcommand};
 
 /// Train and inspect CIFAR-10 classifiers the way CS231n's "Training Neural
@@ -88,6 +90,9 @@ pub struct TrainFlags {
     /// flex (= cpu), ndarray, or wgpu (= gpu) [default: flex]
     #[arg(long, value_name = "NAME")]
     pub backend: Option<Backend>,
+    /// With --backend wgpu, the GPU adapter: default, N (= discrete:N), discrete:N, integrated:N, virtual:N or cpu (not saved in the run: a resumed run may move) [default: default]
+    #[arg(long, value_name = "ADAPTER")]
+    pub device: Option<Adapter>,
     /// A preset: mlp (= two-layer, 3072-100-10), three-layer, small-cnn, cnn, vgg, resnet9 [default: cnn]
     #[arg(long, value_name = "NAME")]
     pub model: Option<ModelConfig>,
@@ -222,7 +227,7 @@ pub struct SearchArgs {
     /// The base configuration every trial starts from.
     #[command(flatten)]
     pub flags: TrainFlags,
-    /// The search folder (trials/NNN/ run folders, search.json, trials.csv, best.json, charts)
+    /// The search folder (trials/NNN/ run folders, search.db, trials.csv, best.json, charts)
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// A searched option: NAME=log:LOW:HIGH, uniform:LOW:HIGH, int:LOW:HIGH, int-log:LOW:HIGH or choice:A,B,C (repeatable)
@@ -237,13 +242,16 @@ pub struct SearchArgs {
     /// Coarse to fine: EPOCHSxTRIALS,... such as 1x20,5x5 (overrides --trials and --epochs)
     #[arg(long, value_name = "STAGES")]
     pub stages: Option<String>,
-    /// Trials at once, each a process with its share of the cores
-    #[arg(long, default_value_t = 1, value_name = "J")]
-    pub jobs: usize,
-    /// none; median (stop a trial below the median of earlier ones at the same epoch); or asha (successive halving over epochs, factor 3)
-    #[arg(long, default_value = "none", value_name = "RULE")]
-    pub prune: String,
-    /// Continue the search in --out (finished trials are kept, interrupted ones continue)
+    /// Trials at once, each a process with its share of the cores [default: 1, or one per --devices]
+    #[arg(long, value_name = "J")]
+    pub jobs: Option<usize>,
+    /// With --backend wgpu, one trial at a time on each of these adapters (comma-separated, as --device; list one twice to run two trials on it)
+    #[arg(long, value_delimiter = ',', value_name = "ADAPTERS")]
+    pub devices: Option<Vec<Adapter>>,
+    /// none; median (stop a trial below the median of earlier ones at the same epoch); or asha (successive halving over epochs, factor 3) [default: none]
+    #[arg(long, value_name = "RULE")]
+    pub prune: Option<Prune>,
+    /// Continue the search in --out (finished trials are kept, interrupted ones continue); while another `train search` works on it, join it as one more worker
     #[arg(long)]
     pub resume: bool,
     /// Only print the table, best configuration and warnings of the search in --out

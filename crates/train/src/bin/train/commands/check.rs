@@ -18,7 +18,7 @@ pub fn check_command(args: &CheckArgs) -> Result<()> {
     }
     anyhow::ensure!(args.overfit_steps > 0, "--overfit-steps must be at least 1");
     let config = args.flags.to_config(None)?;
-    let device = backend::device(config.backend)?;
+    let device = backend::device_on(config.backend, args.flags.device.unwrap_or_default())?;
     let progress = Progress::new(args.json);
     let prepared = load_prepared(&args.flags, &config, None, progress)?;
     let options = CheckOptions {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
-use cifar_train::config::TrainConfig;
+use cifar_train::config::{Backend, TrainConfig};
 use cifar_train::diagnostics::lr_find::{LrFindConfig, lr_find};
 use cifar_train::fit::{FitOptions, RunStatus, RunSummary, fit, interrupt_flag};
 use cifar_train::progress::Progress;
@@ -92,8 +92,14 @@ pub fn fit_command(args: &FitArgs) -> Result<()> {
             config.lr
         );
     }
-    let device = backend::device(config.backend)?;
+    let device = backend::device_on(config.backend, args.flags.device.unwrap_or_default())?;
     let progress = Progress::new(args.json);
+    if config.backend == Backend::Wgpu {
+        progress.line(&format!(
+            "training on wgpu, adapter {}",
+            args.flags.device.unwrap_or_default()
+        ));
+    }
     // A resumed run keeps the preprocessing it was fitted with.
     let saved = if args.resume {
         Some(RunDir::open(&out)?.load_preprocessing()?)

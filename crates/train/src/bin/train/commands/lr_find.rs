@@ -59,7 +59,7 @@ pub fn lr_find_command(args: &LrFindArgs) -> Result<()> {
     };
     finder.validate().map_err(anyhow::Error::msg)?;
     let config = args.flags.to_config(None)?;
-    let device = backend::device(config.backend)?;
+    let device = backend::device_on(config.backend, args.flags.device.unwrap_or_default())?;
     let progress = Progress::new(args.json);
     let prepared = load_prepared(&args.flags, &config, None, progress)?;
     let run = RunDir::create(

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use cifar_train::backend::Adapter;
 use cifar_train::charts;
 use cifar_train::config::TrainConfig;
 use cifar_train::progress::Progress;
@@ -11,6 +12,7 @@ use cifar_train::search::runner::{
     Prune, SearchRun, SearchState, Stage, parse_stages, run_search, write_best,
 };
 use cifar_train::search::space::{Param, Range, Value, edge_warnings, validate};
+use cifar_train::search::store::Store;
 use serde_json::json;
 
 use super::fit::STOP_WITH_PARENT;
@@ -34,21 +36,34 @@ fn trial_config(
 pub fn search_command(args: &SearchArgs) -> Result<()> {
     let progress = Progress::new(args.json);
     if args.summary {
-        let state = SearchState::load(&args.out)?;
+        let state = Store::open(&args.out)?.state()?;
         return print_search(&state, &args.out, args.json, progress);
     }
-    let state = if args.resume {
-        let state = SearchState::load(&args.out).context("--resume")?;
+    // A new search is created only once every flag has been checked.
+    let (existing, fresh) = if args.resume {
+        let store = Store::open(&args.out).context("--resume")?;
+        let state = store.state()?;
+        if let Some(prune) = args.prune
+            && prune != state.prune
+        {
+            bail!(
+                "--prune {prune}: the search in {} was started with --prune {}; leave --prune out to continue it",
+                args.out.display(),
+                state.prune
+            );
+        }
+        let done = state.trials.iter().filter(|t| t.is_done()).count();
         progress.line(&format!(
-            "resuming the search in {}: {} trials recorded",
+            "continuing the search in {} (with any other worker on it): {} of {} trials recorded are over",
             args.out.display(),
+            done,
             state.trials.len()
         ));
-        state
+        (Some(store), None)
     } else {
-        if SearchState::path(&args.out).exists() {
+        if Store::path(&args.out).exists() {
             bail!(
-                "{} already holds a search: pass --resume to continue it, --summary to see it, or another --out",
+                "{} already holds a search: pass --resume to continue it (or to add a worker), --summary to see it, or another --out",
                 args.out.display()
             );
         }
@@ -104,23 +119,62 @@ pub fn search_command(args: &SearchArgs) -> Result<()> {
             }
         }
         let seed = args.flags.seed.unwrap_or(0);
-        SearchState {
+        let state = SearchState {
             base,
             stage_spaces: vec![space.clone()],
             space,
             stages,
             seed,
+            prune: args.prune.unwrap_or(Prune::None),
             trials: Vec::new(),
-        }
+        };
+        (None, Some(state))
     };
-    let prune: Prune = args.prune.parse().map_err(anyhow::Error::msg)?;
-    anyhow::ensure!(args.jobs > 0, "--jobs must be at least 1");
+    // Where the trials train: one job per listed adapter with --devices.
+    let placement: Vec<Adapter> = match (&args.devices, args.flags.device) {
+        (Some(devices), _) => {
+            anyhow::ensure!(!devices.is_empty(), "--devices needs at least one adapter");
+            if let Some(jobs) = args.jobs
+                && jobs != devices.len()
+            {
+                bail!(
+                    "--jobs {jobs} with --devices {}: one trial runs on each listed adapter; \
+                     leave --jobs out (or list an adapter twice to run two trials on it)",
+                    devices.len()
+                );
+            }
+            devices.clone()
+        }
+        (None, Some(device)) => vec![device],
+        (None, None) => Vec::new(),
+    };
+    let jobs = match &args.devices {
+        Some(devices) => devices.len(),
+        None => args.jobs.unwrap_or(1),
+    };
+    anyhow::ensure!(jobs > 0, "--jobs must be at least 1");
+    let backend = match (&existing, &fresh) {
+        (Some(store), _) => store.state()?.base.backend,
+        (None, Some(state)) => state.base.backend,
+        (None, None) => unreachable!("a search is either continued or new"),
+    };
+    for adapter in &placement {
+        // A wrong adapter fails here, before any trial starts.
+        cifar_train::backend::device_on(backend, *adapter).map_err(|e| {
+            anyhow::anyhow!("{}", format!("{e:#}").replace("--device", "--devices"))
+        })?;
+    }
+    let mut store = match (existing, fresh) {
+        (Some(store), _) => store,
+        (None, Some(state)) => Store::create(&args.out, &state)?,
+        (None, None) => unreachable!("a search is either continued or new"),
+    };
     // Each trial process gets its share of the cores.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = (cores / args.jobs).max(1).to_string();
+    let threads = (cores / jobs).max(1).to_string();
     let exe = std::env::current_exe().context("cannot find the train executable")?;
     let source = args.flags.source.clone();
-    let launch = |dir: &Path, resume: bool, until: Option<usize>| {
+    let launch = |dir: &Path, resume: bool, until: Option<usize>, slot: usize| {
         let mut cmd = std::process::Command::new(&exe);
         cmd.arg("fit");
         if resume {
@@ -132,6 +186,9 @@ pub fn search_command(args: &SearchArgs) -> Result<()> {
             cmd.arg("--until-epoch").arg(epoch.to_string());
         }
         cmd.arg("--out").arg(dir).arg("--json");
+        if let Some(adapter) = placement.get(slot).or(placement.first()) {
+            cmd.arg("--device").arg(adapter.to_string());
+        }
         if let Some(data) = &source.data {
             cmd.arg("--data").arg(data);
         }
@@ -147,14 +204,13 @@ pub fn search_command(args: &SearchArgs) -> Result<()> {
     };
     let run = SearchRun {
         dir: args.out.clone(),
-        jobs: args.jobs,
-        prune,
+        jobs,
         progress,
         make_config: &make_config,
         launch: &launch,
     };
     let started = Instant::now();
-    let state = run_search(&run, state)?;
+    let state = run_search(&run, &mut store)?;
     progress.line(&format!(
         "search done in {:.0}s: {} trials",
         started.elapsed().as_secs_f64(),
@@ -224,7 +280,7 @@ fn print_search(state: &SearchState, dir: &Path, json: bool, progress: Progress)
         None => progress.line("no trial has a validation accuracy yet"),
     }
     progress.line(&format!(
-        "trials.csv, search charts (search-*.png) and search.json are in {}",
+        "trials.csv, search charts (search-*.png) and the search database search.db are in {}",
         dir.display()
     ));
     if json {
@@ -238,7 +294,16 @@ fn print_search(state: &SearchState, dir: &Path, json: bool, progress: Progress)
         });
         println!(
             "{}",
-            json!({"best": best_json, "trials": state.trials, "warnings": warnings})
+            json!({
+                "best": best_json,
+                "trials": state.trials,
+                "stage_spaces": state
+                    .stage_spaces
+                    .iter()
+                    .map(|space| space.iter().map(|p| p.to_string()).collect::<Vec<_>>())
+                    .collect::<Vec<_>>(),
+                "warnings": warnings,
+            })
         );
     }
     Ok(())
