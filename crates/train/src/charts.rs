@@ -870,6 +870,48 @@ impl ScatterPanel<'_> {
     }
 }
 
+/// Tick values for a log axis over `[low, high]`: powers of ten, then 1-2-5
+/// steps, then every digit, whichever first gives at least three; a range
+/// too narrow for any of them gets five evenly spaced (in log) values.
+fn log_ticks(low: f64, high: f64) -> Vec<f64> {
+    let (low, high) = (low.min(high), low.max(high));
+    if !(low > 0.0 && high.is_finite()) {
+        return Vec::new();
+    }
+    let inside = |mantissas: &[f64]| -> Vec<f64> {
+        let (k0, k1) = (low.log10().floor() as i32, high.log10().ceil() as i32);
+        (k0..=k1)
+            .flat_map(|k| mantissas.iter().map(move |m| m * 10f64.powi(k)))
+            .filter(|v| *v >= low * (1.0 - 1e-9) && *v <= high * (1.0 + 1e-9))
+            .collect()
+    };
+    for mantissas in [&[1.0][..], &[1.0, 2.0, 5.0], &[1., 2., 3., 4., 5., 6., 7., 8., 9.]] {
+        let ticks = inside(mantissas);
+        if ticks.len() >= 3 {
+            return ticks;
+        }
+    }
+    let (l0, l1) = (low.ln(), high.ln());
+    (0..5)
+        .map(|i| (l0 + (l1 - l0) * i as f64 / 4.0).exp())
+        .collect()
+}
+
+/// A log axis over `[low, high]` with [`log_ticks`].
+fn log_axis(
+    low: f64,
+    high: f64,
+) -> plotters::coord::combinators::WithKeyPoints<plotters::coord::combinators::LogCoord<f64>> {
+    (low..high)
+        .log_scale()
+        .with_key_points(log_ticks(low, high))
+}
+
+/// A tick label on a log axis: two significant digits, `3e-2` rather than `3.0e-2`.
+fn log_label(x: &f64) -> String {
+    format!("{x:.1e}").replace(".0e", "e")
+}
+
 /// Blue (low) to yellow (high), for `t` in `[0, 1]`.
 fn heat(t: f64) -> RGBColor {
     let t = t.clamp(0.0, 1.0);
@@ -894,7 +936,7 @@ pub fn search_charts(dir: &Path, state: &crate::search::runner::SearchState) -> 
     let rows = params.len().div_ceil(cols).max(1);
     draw(
         &dir.join("search-params.png"),
-        (380 * cols as u32, 330 * rows as u32 + 40),
+        ((380 * cols as u32).max(640), 330 * rows as u32 + 40),
         |root| {
             let root = root.titled(
                 "Validation accuracy against each searched parameter",
@@ -926,9 +968,8 @@ pub fn search_charts(dir: &Path, state: &crate::search::runner::SearchState) -> 
                 };
                 match &p.range {
                     Range::Log { low, high } => {
-                        let mut chart =
-                            builder.build_cartesian_2d((*low..*high).log_scale(), y0..y1)?;
-                        panel.draw(&mut chart, true, 5, &|x| format!("{x:.0e}"))?;
+                        let mut chart = builder.build_cartesian_2d(log_axis(*low, *high), y0..y1)?;
+                        panel.draw(&mut chart, true, 5, &log_label)?;
                     }
                     Range::Int {
                         low,
@@ -936,7 +977,7 @@ pub fn search_charts(dir: &Path, state: &crate::search::runner::SearchState) -> 
                         log: true,
                     } => {
                         let (x0, x1) = (*low as f64 * 0.9, *high as f64 * 1.1);
-                        let mut chart = builder.build_cartesian_2d((x0..x1).log_scale(), y0..y1)?;
+                        let mut chart = builder.build_cartesian_2d(log_axis(x0, x1), y0..y1)?;
                         panel.draw(&mut chart, true, 5, &|x| format!("{x:.0}"))?;
                     }
                     Range::Choice { values } => {
@@ -1034,13 +1075,13 @@ pub fn search_charts(dir: &Path, state: &crate::search::runner::SearchState) -> 
                 .margin(15)
                 .x_label_area_size(50)
                 .y_label_area_size(80)
-                .build_cartesian_2d((x0..x1).log_scale(), (y0.max(1e-12)..y1).log_scale())?;
+                .build_cartesian_2d(log_axis(x0, x1), log_axis(y0.max(1e-12), y1))?;
             chart
                 .configure_mesh()
                 .x_desc("learning rate (log scale)")
                 .y_desc("weight decay (log scale)")
-                .x_label_formatter(&|x| format!("{x:.0e}"))
-                .y_label_formatter(&|y| format!("{y:.0e}"))
+                .x_label_formatter(&log_label)
+                .y_label_formatter(&log_label)
                 .label_style(label_style())
                 .draw()?;
             for (x, y, acc) in &points {
@@ -1127,5 +1168,26 @@ mod tests {
         // The diagonal cells are dark (90% and 100%), the empty cell white.
         let dark = img.pixels().filter(|p| p.0[0] < 80 && p.0[2] > 150).count();
         assert!(dark > 10_000, "{dark}");
+    }
+
+    #[test]
+    fn log_ticks_fit_wide_and_narrow_ranges() {
+        // Values computed by hand: decades, then 1-2-5, then digits.
+        let close = |a: &[f64], b: &[f64]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x / y - 1.0).abs() < 1e-9)
+        };
+        let decades = log_ticks(1e-5, 1e-2);
+        assert!(close(&decades, &[1e-5, 1e-4, 1e-3, 1e-2]), "{decades:?}");
+        let steps = log_ticks(1e-3, 3e-2);
+        assert!(close(&steps, &[1e-3, 2e-3, 5e-3, 1e-2, 2e-2]), "{steps:?}");
+        let digits = log_ticks(2.9e-2, 7.6e-2);
+        assert_eq!(digits.len(), 5, "{digits:?}");
+        assert!((digits[0] - 3e-2).abs() < 1e-12 && (digits[4] - 7e-2).abs() < 1e-12);
+        // Too narrow for round values: five points from end to end.
+        let narrow = log_ticks(3.1e-2, 3.3e-2);
+        assert_eq!(narrow.len(), 5);
+        assert!((narrow[0] - 3.1e-2).abs() < 1e-12 && (narrow[4] - 3.3e-2).abs() < 1e-12);
+        assert_eq!(log_label(&3e-2), "3e-2");
+        assert_eq!(log_label(&3.14e-2), "3.1e-2");
     }
 }
