@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 /// Padding adds zeros, which after centering is the mean color (torchvision
 /// pads the raw image with black instead).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Augmentation {
     /// Pixels of zero padding on each side before a crop back to the original size (0: no crop).
     pub pad: usize,

@@ -33,9 +33,10 @@ pub const DEFAULT_EPSILON: f64 = 1e-5;
 /// Rows per block when streaming the data through matrix products.
 const BLOCK_ROWS: usize = 2048;
 
-/// A preprocessing method, before it is fitted.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
-#[serde(tag = "method", rename_all = "kebab-case")]
+/// A preprocessing method, before it is fitted; written (on the command line
+/// and in config files alike) as `none`, `mean-image`, `channel-mean`,
+/// `standardize`, `pca:K`, `pca-whiten:K[:EPS]` or `zca[:EPS]`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Preprocessing {
     /// Pixels scaled to `[0, 1]`, nothing more.
     None,
@@ -134,6 +135,41 @@ impl FromStr for Preprocessing {
         Ok(method)
     }
 }
+
+/// How serde's derive wrote a [`Preprocessing`] before it was written as text.
+#[derive(Deserialize)]
+#[serde(tag = "method", rename_all = "kebab-case")]
+enum OlderPreprocessing {
+    None,
+    MeanImage,
+    ChannelMean,
+    Standardize,
+    Pca { components: usize },
+    PcaWhiten { components: usize, epsilon: f64 },
+    Zca { epsilon: f64 },
+}
+
+impl cifar_spelling::Upgrade<Preprocessing> for OlderPreprocessing {
+    fn upgrade(self) -> Preprocessing {
+        match self {
+            OlderPreprocessing::None => Preprocessing::None,
+            OlderPreprocessing::MeanImage => Preprocessing::MeanImage,
+            OlderPreprocessing::ChannelMean => Preprocessing::ChannelMean,
+            OlderPreprocessing::Standardize => Preprocessing::Standardize,
+            OlderPreprocessing::Pca { components } => Preprocessing::Pca { components },
+            OlderPreprocessing::PcaWhiten {
+                components,
+                epsilon,
+            } => Preprocessing::PcaWhiten {
+                components,
+                epsilon,
+            },
+            OlderPreprocessing::Zca { epsilon } => Preprocessing::Zca { epsilon },
+        }
+    }
+}
+
+cifar_spelling::serde_as_text!(Preprocessing, older = OlderPreprocessing);
 
 /// A fitted preprocessing: the statistics of a training split, applied to any split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,10 +8,13 @@ use crate::{Cifar10, DataError, ImageSet};
 /// for validation (as CS231n does), and the first `train_size` of the rest
 /// (all of them by default) are used for training.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct SplitConfig {
     /// Images held out from the end of the training batches for validation.
+    #[serde(alias = "val_size")]
     pub val_size: usize,
     /// Training images to keep (the first ones); `None` keeps all.
+    #[serde(alias = "train_size")]
     pub train_size: Option<usize>,
 }
 

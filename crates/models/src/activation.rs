@@ -10,8 +10,9 @@ use burn::prelude::*;
 
 /// Which activation a layer uses. Parse one from text with [`FromStr`]:
 /// `sigmoid`, `tanh`, `relu`, `leaky-relu[:SLOPE]`, `prelu`, `prelu-shared`,
-/// `elu[:ALPHA]`, `maxout[:PIECES]`, `gelu`, `silu`.
-#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+/// `elu[:ALPHA]`, `maxout[:PIECES]`, `gelu`, `silu`; config files hold the
+/// same text.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum ActivationConfig {
     /// `1 / (1 + e^-x)`.
     Sigmoid,
@@ -142,9 +143,19 @@ impl std::fmt::Display for ActivationConfig {
             ActivationConfig::Relu => write!(f, "relu"),
             ActivationConfig::LeakyRelu { slope } => write!(f, "leaky-relu:{slope}"),
             ActivationConfig::PRelu {
-                per_channel: true, ..
-            } => write!(f, "prelu"),
-            ActivationConfig::PRelu { .. } => write!(f, "prelu-shared"),
+                per_channel,
+                initial,
+            } => {
+                f.write_str(if *per_channel {
+                    "prelu"
+                } else {
+                    "prelu-shared"
+                })?;
+                if *initial != 0.25 {
+                    write!(f, ":{initial}")?;
+                }
+                Ok(())
+            }
             ActivationConfig::Elu { alpha } => write!(f, "elu:{alpha}"),
             ActivationConfig::Maxout { pieces } => write!(f, "maxout:{pieces}"),
             ActivationConfig::Gelu => write!(f, "gelu"),
@@ -181,10 +192,9 @@ impl FromStr for ActivationConfig {
             "relu" => no_arg(ActivationConfig::Relu),
             "gelu" => no_arg(ActivationConfig::Gelu),
             "silu" => no_arg(ActivationConfig::Silu),
-            "prelu" => no_arg(ActivationConfig::prelu()),
-            "prelu-shared" => no_arg(ActivationConfig::PRelu {
-                per_channel: false,
-                initial: 0.25,
+            "prelu" | "prelu-shared" => Ok(ActivationConfig::PRelu {
+                per_channel: name == "prelu",
+                initial: number(0.25)?,
             }),
             "leaky-relu" => Ok(ActivationConfig::LeakyRelu {
                 slope: number(0.01)?,
@@ -205,11 +215,49 @@ impl FromStr for ActivationConfig {
             }
             _ => Err(format!(
                 "unknown activation '{s}': expected sigmoid, tanh, relu, leaky-relu[:SLOPE], \
-                 prelu, prelu-shared, elu[:ALPHA], maxout[:PIECES], gelu or silu"
+                 prelu[:INITIAL], prelu-shared[:INITIAL], elu[:ALPHA], maxout[:PIECES], gelu or silu"
             )),
         }
     }
 }
+
+/// How serde's derive wrote an [`ActivationConfig`] before it was written as text.
+#[derive(serde::Deserialize)]
+enum OlderActivation {
+    Sigmoid,
+    Tanh,
+    Relu,
+    LeakyRelu { slope: f64 },
+    PRelu { per_channel: bool, initial: f64 },
+    Elu { alpha: f64 },
+    Maxout { pieces: usize },
+    Gelu,
+    Silu,
+}
+
+impl cifar_spelling::Upgrade<ActivationConfig> for OlderActivation {
+    fn upgrade(self) -> ActivationConfig {
+        match self {
+            OlderActivation::Sigmoid => ActivationConfig::Sigmoid,
+            OlderActivation::Tanh => ActivationConfig::Tanh,
+            OlderActivation::Relu => ActivationConfig::Relu,
+            OlderActivation::LeakyRelu { slope } => ActivationConfig::LeakyRelu { slope },
+            OlderActivation::PRelu {
+                per_channel,
+                initial,
+            } => ActivationConfig::PRelu {
+                per_channel,
+                initial,
+            },
+            OlderActivation::Elu { alpha } => ActivationConfig::Elu { alpha },
+            OlderActivation::Maxout { pieces } => ActivationConfig::Maxout { pieces },
+            OlderActivation::Gelu => ActivationConfig::Gelu,
+            OlderActivation::Silu => ActivationConfig::Silu,
+        }
+    }
+}
+
+cifar_spelling::serde_as_text!(ActivationConfig, older = OlderActivation);
 
 /// Maxout: the elementwise max over groups of `pieces` consecutive units (or channels).
 ///

@@ -3,6 +3,7 @@
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
+use cifar_spelling::Names;
 
 use crate::layers::dense_stack;
 use crate::{ActivationConfig, ConvBlock, DenseBlock, Init, LayerActivations};
@@ -21,8 +22,9 @@ pub struct StageConfig {
     pub residual: bool,
 }
 
-/// How the classifier head turns feature maps into a vector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+/// How the classifier head turns feature maps into a vector: `average`,
+/// `max` or `flatten`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HeadPooling {
     /// Global average pooling: `[N, C, H, W] -> [N, C]`.
     #[default]
@@ -32,6 +34,52 @@ pub enum HeadPooling {
     /// Flatten: `[N, C, H, W] -> [N, C * H * W]`.
     Flatten,
 }
+
+impl HeadPooling {
+    /// The names of the head poolings.
+    pub const NAMES: Names<HeadPooling> = Names {
+        what: "head pooling",
+        table: &[
+            ("average", HeadPooling::Average),
+            ("max", HeadPooling::Max),
+            ("flatten", HeadPooling::Flatten),
+        ],
+    };
+}
+
+impl std::fmt::Display for HeadPooling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(Self::NAMES.name(*self))
+    }
+}
+
+impl std::str::FromStr for HeadPooling {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::NAMES.parse(s)
+    }
+}
+
+/// How serde's derive wrote a [`HeadPooling`] before it was written as text.
+#[derive(serde::Deserialize)]
+enum OlderHeadPooling {
+    Average,
+    Max,
+    Flatten,
+}
+
+impl cifar_spelling::Upgrade<HeadPooling> for OlderHeadPooling {
+    fn upgrade(self) -> HeadPooling {
+        match self {
+            OlderHeadPooling::Average => HeadPooling::Average,
+            OlderHeadPooling::Max => HeadPooling::Max,
+            OlderHeadPooling::Flatten => HeadPooling::Flatten,
+        }
+    }
+}
+
+cifar_spelling::serde_as_text!(HeadPooling, older = OlderHeadPooling);
 
 /// Configuration of a [`Cnn`].
 #[derive(Config, Debug, PartialEq)]

@@ -21,7 +21,7 @@ use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 
 /// A weight initialization scheme.
-#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Init {
     /// All weights zero.
     Zeros,
@@ -214,6 +214,32 @@ impl FromStr for Init {
         })
     }
 }
+
+/// How serde's derive wrote an [`Init`] before it was written as text.
+#[derive(serde::Deserialize)]
+enum OlderInit {
+    Zeros,
+    Gaussian { std: f64 },
+    Xavier,
+    He,
+    GlorotUniform,
+    KaimingUniform,
+}
+
+impl cifar_spelling::Upgrade<Init> for OlderInit {
+    fn upgrade(self) -> Init {
+        match self {
+            OlderInit::Zeros => Init::Zeros,
+            OlderInit::Gaussian { std } => Init::Gaussian { std },
+            OlderInit::Xavier => Init::Xavier,
+            OlderInit::He => Init::He,
+            OlderInit::GlorotUniform => Init::GlorotUniform,
+            OlderInit::KaimingUniform => Init::KaimingUniform,
+        }
+    }
+}
+
+cifar_spelling::serde_as_text!(Init, older = OlderInit);
 
 #[cfg(test)]
 mod tests {

@@ -6,14 +6,89 @@ use burn::prelude::*;
 
 use crate::{ActivationConfig, Cnn, CnnConfig, Init, LayerActivations, Mlp, MlpConfig};
 
-/// An MLP or a CNN configuration.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+/// An MLP or a CNN configuration. Read from a file, a field it does not
+/// have (at any depth) is an error that names it, so a typo is not ignored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ModelConfig {
     /// A fully connected network.
     Mlp(MlpConfig),
     /// A convolutional network.
     Cnn(CnnConfig),
+}
+
+impl<'de> serde::Deserialize<'de> for ModelConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "kebab-case")]
+        enum Written {
+            Mlp(MlpConfig),
+            Cnn(CnnConfig),
+        }
+        // Burn's `Config` derive ignores unknown fields: compare the keys
+        // read with the keys of the config they made.
+        let read = serde_json::Value::deserialize(deserializer)?;
+        let config = match Written::deserialize(&read).map_err(D::Error::custom)? {
+            Written::Mlp(c) => ModelConfig::Mlp(c),
+            Written::Cnn(c) => ModelConfig::Cnn(c),
+        };
+        let made = serde_json::to_value(&config).map_err(D::Error::custom)?;
+        match unknown_key(&read, &made, "model") {
+            Some((path, key)) => Err(D::Error::custom(format!(
+                "unknown field `{key}` in {path}: expected one of {}",
+                expected_keys(&made, &path)
+            ))),
+            None => Ok(config),
+        }
+    }
+}
+
+/// The first key of `read` (at any depth) that `made` lacks, with the path of its object.
+fn unknown_key(
+    read: &serde_json::Value,
+    made: &serde_json::Value,
+    path: &str,
+) -> Option<(String, String)> {
+    use serde_json::Value;
+    match (read, made) {
+        (Value::Object(r), Value::Object(m)) => {
+            r.iter().find_map(|(key, value)| match m.get(key) {
+                None => Some((path.to_string(), key.clone())),
+                Some(inner) => unknown_key(value, inner, &format!("{path}.{key}")),
+            })
+        }
+        (Value::Array(r), Value::Array(m)) => r
+            .iter()
+            .zip(m)
+            .enumerate()
+            .find_map(|(i, (a, b))| unknown_key(a, b, &format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
+/// The keys of the object at `path` in `made`, for an error message.
+fn expected_keys(made: &serde_json::Value, path: &str) -> String {
+    let mut value = made;
+    for part in path.split('.').skip(1) {
+        let (key, index) = match part.split_once('[') {
+            Some((k, i)) => (k, i.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        value = &value[key];
+        if let Some(i) = index {
+            value = &value[i];
+        }
+    }
+    value
+        .as_object()
+        .map(|o| {
+            o.keys()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
 }
 
 impl ModelConfig {
@@ -181,5 +256,38 @@ impl Model {
             Model::Mlp(m) => m.forward_observed(input),
             Model::Cnn(m) => m.forward_observed(input),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_misspelled_field_at_any_depth_is_named() {
+        let mut written = serde_json::to_value(ModelConfig::preset("cnn").unwrap()).unwrap();
+        written["cnn"]["stages"][1]["widht"] = serde_json::json!([8, 8]);
+        let err = serde_json::from_value::<ModelConfig>(written)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown field `widht` in model.cnn.stages[1]: expected one of")
+                && err.contains("`widths`"),
+            "{err}"
+        );
+        let mut written = serde_json::to_value(ModelConfig::preset("mlp").unwrap()).unwrap();
+        written["mlp"]["hiden_sizes"] = serde_json::json!([5]);
+        let err = serde_json::from_value::<ModelConfig>(written)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown field `hiden_sizes` in model.mlp"),
+            "{err}"
+        );
+        // Written and read back as it is.
+        let cnn = ModelConfig::preset("resnet9").unwrap();
+        let back: ModelConfig =
+            serde_json::from_value(serde_json::to_value(&cnn).unwrap()).unwrap();
+        assert_eq!(back, cnn);
     }
 }

@@ -885,7 +885,11 @@ fn log_ticks(low: f64, high: f64) -> Vec<f64> {
             .filter(|v| *v >= low * (1.0 - 1e-9) && *v <= high * (1.0 + 1e-9))
             .collect()
     };
-    for mantissas in [&[1.0][..], &[1.0, 2.0, 5.0], &[1., 2., 3., 4., 5., 6., 7., 8., 9.]] {
+    for mantissas in [
+        &[1.0][..],
+        &[1.0, 2.0, 5.0],
+        &[1., 2., 3., 4., 5., 6., 7., 8., 9.],
+    ] {
         let ticks = inside(mantissas);
         if ticks.len() >= 3 {
             return ticks;
@@ -968,7 +972,8 @@ pub fn search_charts(dir: &Path, state: &crate::search::runner::SearchState) -> 
                 };
                 match &p.range {
                     Range::Log { low, high } => {
-                        let mut chart = builder.build_cartesian_2d(log_axis(*low, *high), y0..y1)?;
+                        let mut chart =
+                            builder.build_cartesian_2d(log_axis(*low, *high), y0..y1)?;
                         panel.draw(&mut chart, true, 5, &log_label)?;
                     }
                     Range::Int {

@@ -7,11 +7,12 @@ use std::str::FromStr;
 
 use cifar_data::{Augmentation, Preprocessing, SplitConfig};
 use cifar_models::ModelConfig;
+use cifar_spelling::Names;
 use serde::{Deserialize, Serialize};
 
-/// Which Burn backend runs the computation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
+/// Which Burn backend runs the computation: `flex` (or `cpu`), `ndarray`,
+/// or `wgpu` (or `gpu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backend {
     /// Burn's pure-Rust CPU backend (`cpu`).
     #[default]
@@ -22,34 +23,22 @@ pub enum Backend {
     Wgpu,
 }
 
-impl FromStr for Backend {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "flex" | "cpu" => Ok(Backend::Flex),
-            "ndarray" => Ok(Backend::Ndarray),
-            "wgpu" | "gpu" => Ok(Backend::Wgpu),
-            _ => Err(format!(
-                "unknown backend '{s}': expected flex (or cpu), ndarray, or wgpu (or gpu)"
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for Backend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Backend::Flex => "flex",
-            Backend::Ndarray => "ndarray",
-            Backend::Wgpu => "wgpu",
-        })
-    }
+impl Backend {
+    /// The names of the backends.
+    pub const NAMES: Names<Backend> = Names {
+        what: "backend",
+        table: &[
+            ("flex", Backend::Flex),
+            ("cpu", Backend::Flex),
+            ("ndarray", Backend::Ndarray),
+            ("wgpu", Backend::Wgpu),
+            ("gpu", Backend::Wgpu),
+        ],
+    };
 }
 
 /// The optimizer's update rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OptimizerKind {
     /// Vanilla SGD: `w -= lr * dw`.
     Sgd,
@@ -65,29 +54,23 @@ pub enum OptimizerKind {
     Rmsprop,
 }
 
-impl FromStr for OptimizerKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "sgd" => OptimizerKind::Sgd,
-            "momentum" => OptimizerKind::Momentum,
-            "nesterov" => OptimizerKind::Nesterov,
-            "adam" => OptimizerKind::Adam,
-            "adamw" => OptimizerKind::Adamw,
-            "rmsprop" => OptimizerKind::Rmsprop,
-            _ => {
-                return Err(format!(
-                    "unknown optimizer '{s}': expected sgd, momentum, nesterov, adam, adamw or rmsprop"
-                ));
-            }
-        })
-    }
+impl OptimizerKind {
+    /// The names of the optimizers.
+    pub const NAMES: Names<OptimizerKind> = Names {
+        what: "optimizer",
+        table: &[
+            ("sgd", OptimizerKind::Sgd),
+            ("momentum", OptimizerKind::Momentum),
+            ("nesterov", OptimizerKind::Nesterov),
+            ("adam", OptimizerKind::Adam),
+            ("adamw", OptimizerKind::Adamw),
+            ("rmsprop", OptimizerKind::Rmsprop),
+        ],
+    };
 }
 
 /// How the learning rate changes over the run (after warmup).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LrSchedule {
     /// The same rate throughout.
     Constant,
@@ -97,26 +80,45 @@ pub enum LrSchedule {
     Cosine,
 }
 
-impl FromStr for LrSchedule {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "constant" => LrSchedule::Constant,
-            "step" => LrSchedule::Step,
-            "cosine" => LrSchedule::Cosine,
-            _ => {
-                return Err(format!(
-                    "unknown learning-rate schedule '{s}': expected constant, step or cosine"
-                ));
-            }
-        })
-    }
+impl LrSchedule {
+    /// The names of the schedules.
+    pub const NAMES: Names<LrSchedule> = Names {
+        what: "learning-rate schedule",
+        table: &[
+            ("constant", LrSchedule::Constant),
+            ("step", LrSchedule::Step),
+            ("cosine", LrSchedule::Cosine),
+        ],
+    };
 }
+
+/// `Display`, `FromStr` and serde for an enum with a `NAMES` table: one
+/// spelling in flags, config files and errors.
+macro_rules! named {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(Self::NAMES.name(*self))
+            }
+        }
+
+        impl FromStr for $t {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::NAMES.parse(s)
+            }
+        }
+
+        cifar_spelling::serde_as_text!($t);
+    )*};
+}
+
+named!(Backend, OptimizerKind, LrSchedule);
 
 /// The complete description of a training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct TrainConfig {
     /// The backend.
     pub backend: Backend,
@@ -133,14 +135,17 @@ pub struct TrainConfig {
     /// Momentum (momentum, nesterov) or beta1 (adam, adamw); sgd and rmsprop ignore it.
     pub momentum: f64,
     /// L2 regularization strength (decoupled weight decay for adamw).
+    #[serde(alias = "weight_decay")]
     pub weight_decay: f64,
     /// How the learning rate decays.
+    #[serde(alias = "lr_schedule")]
     pub lr_schedule: LrSchedule,
     /// Epochs of linear warmup from 0 to `lr`.
     pub warmup: f64,
     /// Passes over the training split.
     pub epochs: usize,
     /// Examples per step.
+    #[serde(alias = "batch_size")]
     pub batch_size: usize,
     /// Seed of initialization, shuffling, augmentation and dropout.
     pub seed: u64,
@@ -269,6 +274,69 @@ impl TrainConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `config.json` as versions before the one-spelling change wrote it.
+    const OLDER_CONFIG: &str = r#"{
+      "backend": "flex",
+      "model": {"mlp": {"input_size": 3072, "hidden_sizes": [100], "classes": 10,
+                "activation": {"LeakyRelu": {"slope": 0.02}}, "init": {"Gaussian": {"std": 0.01}},
+                "batch_norm": false, "dropout": 0.0}},
+      "preprocess": {"method": "pca-whiten", "components": 50, "epsilon": 0.001},
+      "augment": null, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
+      "weight_decay": 0.0001, "lr_schedule": "step", "warmup": 0.0, "epochs": 3,
+      "batch_size": 64, "seed": 1, "split": {"val_size": 1000, "train_size": null}
+    }"#;
+
+    #[test]
+    fn an_older_config_loads_and_is_written_as_the_flags_spell_it() {
+        let config: TrainConfig = serde_json::from_str(OLDER_CONFIG).unwrap();
+        assert_eq!(config.preprocess.to_string(), "pca-whiten:50:0.001");
+        assert_eq!(config.batch_size, 64);
+        let written = serde_json::to_value(&config).unwrap();
+        assert_eq!(written["preprocess"], "pca-whiten:50:0.001");
+        assert_eq!(written["lr-schedule"], "step");
+        assert_eq!(written["weight-decay"], 0.0001);
+        assert_eq!(written["split"]["val-size"], 1000);
+        assert_eq!(written["model"]["mlp"]["activation"], "leaky-relu:0.02");
+        assert_eq!(written["model"]["mlp"]["init"], "small");
+        // Written anew, it reads back to the same config.
+        let again: TrainConfig = serde_json::from_value(written).unwrap();
+        assert_eq!(again, config);
+    }
+
+    #[test]
+    fn config_files_take_the_flag_spellings_and_name_what_is_wrong() {
+        let mut written = serde_json::to_value(TrainConfig::default()).unwrap();
+        written["backend"] = "cpu".into();
+        written["optimizer"] = "adamw".into();
+        let config: TrainConfig = serde_json::from_value(written.clone()).unwrap();
+        assert_eq!(
+            (config.backend, config.optimizer),
+            (Backend::Flex, OptimizerKind::Adamw)
+        );
+        for (key, value, expected) in [
+            ("optimizer", "adamax", "unknown optimizer 'adamax'"),
+            (
+                "backend",
+                "tpu",
+                "unknown backend 'tpu': expected flex (or cpu)",
+            ),
+            ("preprocess", "pca", "'pca' needs a number of components"),
+        ] {
+            let mut bad = written.clone();
+            bad[key] = value.into();
+            let err = serde_json::from_value::<TrainConfig>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{key}: {err}");
+        }
+        let mut typo = written.clone();
+        typo["weight-decy"] = 0.1.into();
+        let err = serde_json::from_value::<TrainConfig>(typo)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `weight-decy`"), "{err}");
+    }
 
     #[test]
     fn schedules_by_hand() {

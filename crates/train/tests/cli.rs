@@ -145,8 +145,13 @@ fn fit_default_cnn_with_augmentation() {
     assert_eq!(summary["epochs"], 1);
     let config: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
-    assert_eq!(config["preprocess"]["method"], "standardize");
+    // Every setting is written as its flag is.
+    assert_eq!(config["preprocess"], "standardize");
     assert_eq!(config["optimizer"], "nesterov");
+    assert_eq!(config["lr-schedule"], "cosine");
+    assert_eq!(config["model"]["cnn"]["activation"], "relu");
+    assert_eq!(config["model"]["cnn"]["init"], "he");
+    assert_eq!(config["model"]["cnn"]["pooling"], "average");
     assert!(config["augment"].is_object());
     assert_eq!(config["model"]["cnn"]["batch_norm"], true);
     assert_eq!(
@@ -429,4 +434,39 @@ fn fit_on_wgpu() {
     assert_eq!(summary["epochs"], 1);
     assert!(summary["final_training_loss"].as_f64().unwrap().is_finite());
     check_run_folder(&out);
+}
+
+/// A run's `config.json`, fed back with `--config`, gives the same run; it
+/// spells every setting as the flags do.
+#[test]
+fn a_runs_config_fed_back_gives_the_same_run() {
+    let (tmp, data) = dataset();
+    let d = data.to_str().unwrap();
+    let first = tmp.path().join("first");
+    let mut args = small_fit(d, first.to_str().unwrap(), "flex", "2");
+    args.extend_from_slice(&["--activation", "leaky-relu:0.05", "--init", "gaussian:0.02"]);
+    let a = json(&ok(&args));
+    let config_text = std::fs::read_to_string(first.join("config.json")).unwrap();
+    let config: Value = serde_json::from_str(&config_text).unwrap();
+    assert_eq!(config["model"]["mlp"]["activation"], "leaky-relu:0.05");
+    assert_eq!(config["model"]["mlp"]["init"], "gaussian:0.02");
+    assert_eq!(config["preprocess"], "mean-image");
+    assert_eq!(config["lr-schedule"], "constant");
+
+    let second = tmp.path().join("second");
+    let b = json(&ok(&[
+        "fit",
+        "--data",
+        d,
+        "--config",
+        first.join("config.json").to_str().unwrap(),
+        "--out",
+        second.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_same_run(&a, &b, &first, &second);
+    assert_eq!(
+        std::fs::read_to_string(second.join("config.json")).unwrap(),
+        config_text
+    );
 }

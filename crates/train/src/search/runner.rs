@@ -60,8 +60,7 @@ pub fn parse_stages(text: &str) -> Result<Vec<Stage>, String> {
 }
 
 /// When trials stop early.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Prune {
     /// Every trial runs its epochs (divergence still stops it).
     None,
@@ -71,30 +70,33 @@ pub enum Prune {
     Asha,
 }
 
+impl Prune {
+    /// The names of the pruning rules.
+    pub const NAMES: cifar_spelling::Names<Prune> = cifar_spelling::Names {
+        what: "--prune rule",
+        table: &[
+            ("none", Prune::None),
+            ("median", Prune::Median),
+            ("asha", Prune::Asha),
+        ],
+    };
+}
+
 impl FromStr for Prune {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "none" => Ok(Prune::None),
-            "median" => Ok(Prune::Median),
-            "asha" => Ok(Prune::Asha),
-            _ => Err(format!(
-                "unknown --prune '{s}': expected none, median or asha"
-            )),
-        }
+        Self::NAMES.parse(s)
     }
 }
 
 impl std::fmt::Display for Prune {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Prune::None => "none",
-            Prune::Median => "median",
-            Prune::Asha => "asha",
-        })
+        f.write_str(Self::NAMES.name(*self))
     }
 }
+
+cifar_spelling::serde_as_text!(Prune);
 
 /// Where a trial stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -47,6 +47,21 @@ pub enum Command {
     Bench(BenchArgs),
 }
 
+/// A flag's help from its enum's table of names, so `--help`, parsing and
+/// errors list the same names.
+fn names_help<T: Copy + PartialEq>(names: &cifar_spelling::Names<T>, default: &str) -> String {
+    names_help_with(names, default, "")
+}
+
+/// [`names_help`] with a note after the default.
+fn names_help_with<T: Copy + PartialEq>(
+    names: &cifar_spelling::Names<T>,
+    default: &str,
+    note: &str,
+) -> String {
+    format!("{} [default: {default}]{note}", names.expected())
+}
+
 /// Where the data comes from.
 #[derive(Debug, Clone, Default, Args)]
 pub struct DataSource {
@@ -87,8 +102,7 @@ pub struct TrainFlags {
     /// Where the data comes from.
     #[command(flatten)]
     pub source: DataSource,
-    /// flex (= cpu), ndarray, or wgpu (= gpu) [default: flex]
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", help = names_help(&Backend::NAMES, "flex"))]
     pub backend: Option<Backend>,
     /// With --backend wgpu, the GPU adapter: default, N (= discrete:N), discrete:N, integrated:N, virtual:N or cpu (not saved in the run: a resumed run may move) [default: default]
     #[arg(long, value_name = "ADAPTER")]
@@ -120,8 +134,7 @@ pub struct TrainFlags {
     /// Random crop (4-pixel padding) and horizontal flip of training images (`--augment` alone means true) [default: true]
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub augment: Option<bool>,
-    /// sgd, momentum, nesterov, adam, adamw, rmsprop [default: nesterov]
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", help = names_help(&OptimizerKind::NAMES, "nesterov"))]
     pub optimizer: Option<OptimizerKind>,
     /// Learning rate, or `find` to run the learning-rate finder first (train fit) [default: 0.05]
     #[arg(long, value_name = "LR", allow_hyphen_values = true)]
@@ -132,8 +145,7 @@ pub struct TrainFlags {
     /// L2 regularization strength [default: 5e-4]
     #[arg(long, value_name = "L2")]
     pub weight_decay: Option<f64>,
-    /// constant, step (÷10 at 50% and 75%), cosine [default: cosine]
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", help = names_help_with(&LrSchedule::NAMES, "cosine", ". step divides the rate by 10 at 50% and 75% of the run"))]
     pub lr_schedule: Option<LrSchedule>,
     /// Epochs of linear learning-rate warmup, at most a fifth of --epochs [default: 1]
     #[arg(long, value_name = "EPOCHS")]
@@ -248,8 +260,7 @@ pub struct SearchArgs {
     /// With --backend wgpu, one trial at a time on each of these adapters (comma-separated, as --device; list one twice to run two trials on it)
     #[arg(long, value_delimiter = ',', value_name = "ADAPTERS")]
     pub devices: Option<Vec<Adapter>>,
-    /// none; median (stop a trial below the median of earlier ones at the same epoch); or asha (successive halving over epochs, factor 3) [default: none]
-    #[arg(long, value_name = "RULE")]
+    #[arg(long, value_name = "RULE", help = names_help_with(&Prune::NAMES, "none", ". median stops a trial below the median of earlier trials at the same epoch; asha is asynchronous successive halving over epochs (factor 3)"))]
     pub prune: Option<Prune>,
     /// Continue the search in --out (finished trials are kept, interrupted ones continue); while another `train search` works on it, join it as one more worker
     #[arg(long)]
@@ -285,8 +296,7 @@ pub struct EvalArgs {
     /// Where the data comes from.
     #[command(flatten)]
     pub source: DataSource,
-    /// flex (= cpu), ndarray, or wgpu (= gpu) [default: the run's]
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", help = names_help(&Backend::NAMES, "the run's"))]
     pub backend: Option<Backend>,
     /// Print JSON instead of text
     #[arg(long)]
@@ -305,8 +315,7 @@ pub struct PredictArgs {
     /// How many classes to show per image
     #[arg(long, default_value_t = 3)]
     pub top: usize,
-    /// flex (= cpu), ndarray, or wgpu (= gpu) [default: the run's]
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", help = names_help(&Backend::NAMES, "the run's"))]
     pub backend: Option<Backend>,
     /// Print JSON instead of text
     #[arg(long)]
