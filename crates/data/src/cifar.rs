@@ -93,6 +93,18 @@ impl ImageSet {
         Ok(())
     }
 
+    /// The md5 of the set's labels and pixels, in order, as hex: two sets
+    /// have the same fingerprint when they hold the same images in the same
+    /// order (what a fitted preprocessing records of its training split).
+    pub fn fingerprint(&self) -> String {
+        use md5::{Digest, Md5};
+        let mut hash = Md5::new();
+        hash.update((self.labels.len() as u64).to_le_bytes());
+        hash.update(&self.labels);
+        hash.update(&self.pixels);
+        hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Number of images.
     pub fn len(&self) -> usize {
         self.labels.len()

@@ -104,6 +104,9 @@ pub enum DataError {
         /// Why it is invalid.
         reason: String,
     },
+    /// A saved preprocessing does not belong to this training split.
+    #[error("the saved preprocessing {0}")]
+    NotFittedOn(String),
     /// A numerical routine failed.
     #[error("{0}")]
     Numerical(String),

@@ -187,6 +187,10 @@ pub struct FittedPreprocessing {
     pub projection: Vec<f32>,
     /// Number of training images the statistics came from.
     pub fitted_on: usize,
+    /// [`ImageSet::fingerprint`] of those images (absent in files written
+    /// before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 impl Preprocessing {
@@ -206,6 +210,7 @@ impl Preprocessing {
             eigenvalues: Vec::new(),
             projection: Vec::new(),
             fitted_on: n,
+            fingerprint: Some(train.fingerprint()),
         };
         match *self {
             Preprocessing::None => {}
@@ -362,6 +367,42 @@ fn eigen(set: &ImageSet, mean: &[f64]) -> Result<(Vec<f64>, Mat<f64>), DataError
 }
 
 impl FittedPreprocessing {
+    /// Checks that this is `method` fitted on `train` (the same images in the
+    /// same order); the error says how they differ. Files without a
+    /// fingerprint are checked by method and image count alone.
+    pub fn check_fitted_on(
+        &self,
+        method: &Preprocessing,
+        train: &ImageSet,
+    ) -> Result<(), DataError> {
+        if self.method != *method {
+            return Err(DataError::NotFittedOn(format!(
+                "is {}, but the run asks for --preprocess {method}",
+                self.method
+            )));
+        }
+        let here = train.fingerprint();
+        let same = match &self.fingerprint {
+            Some(saved) => *saved == here,
+            None => self.fitted_on == train.len(),
+        };
+        if same {
+            return Ok(());
+        }
+        let short = |f: &str| f.chars().take(12).collect::<String>();
+        Err(DataError::NotFittedOn(format!(
+            "was fitted on another training split: {} images (fingerprint {}), where this one \
+             has {} (fingerprint {}); the data folder or the split (--val-size, --train-size) \
+             differ from the run's",
+            self.fitted_on,
+            self.fingerprint
+                .as_deref()
+                .map_or("not recorded".into(), short),
+            train.len(),
+            short(&here)
+        )))
+    }
+
     /// The shape of one transformed example.
     pub fn output_shape(&self) -> FeatureShape {
         match self.method {

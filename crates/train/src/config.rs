@@ -271,6 +271,113 @@ impl TrainConfig {
     }
 }
 
+/// A setting that a resumed run would change although it cannot: the
+/// model, the data split, the preprocessing, the augmentation, the batch
+/// size, the seed or the optimizer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResumeConflict {
+    /// The flag that sets it (`--hidden`, `--seed`, ...).
+    pub flag: String,
+    /// Its value in the run.
+    pub started: String,
+    /// The value asked for now.
+    pub given: String,
+}
+
+impl std::fmt::Display for ResumeConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: the run was started with {} {}, and a resumed run keeps its model, data \
+             split, preprocessing, augmentation, batch size, seed and optimizer",
+            self.flag, self.given, self.flag, self.started
+        )
+    }
+}
+
+/// The settings of [`TrainConfig`] that a resumed run cannot change (its
+/// config keys); the others (epochs, learning rate and its schedule,
+/// momentum, weight decay, backend) may change on resume.
+pub const FIXED_ON_RESUME: [&str; 7] = [
+    "model",
+    "preprocess",
+    "augment",
+    "optimizer",
+    "batch-size",
+    "seed",
+    "split",
+];
+
+impl TrainConfig {
+    /// The first setting fixed on resume ([`FIXED_ON_RESUME`]) where
+    /// `given` differs from this run's config.
+    pub fn resume_conflict(&self, given: &TrainConfig) -> Option<ResumeConflict> {
+        let (started, asked) = (
+            serde_json::to_value(self).ok()?,
+            serde_json::to_value(given).ok()?,
+        );
+        FIXED_ON_RESUME.iter().find_map(|key| {
+            let (path, a, b) = first_difference(&started[*key], &asked[*key], key)?;
+            let flag = flag_of(&path);
+            let text = |v: &serde_json::Value| match (path.as_str(), v) {
+                // The flags' spellings: `--augment true|false`, `--model mlp|cnn`,
+                // `--hidden 100,100`, `--channels 32,64`.
+                ("augment", v) => (!v.is_null()).to_string(),
+                (_, serde_json::Value::Array(items)) => items
+                    .iter()
+                    .map(|item| match (flag.as_str(), item) {
+                        ("--channels", stage) => stage["widths"][0].to_string(),
+                        (_, item) => item.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
+                ("model", serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+                (_, serde_json::Value::String(s)) => s.clone(),
+                (_, serde_json::Value::Null) => "none".into(),
+                (_, other) => other.to_string(),
+            };
+            Some(ResumeConflict {
+                flag: flag.clone(),
+                started: text(&a),
+                given: text(&b),
+            })
+        })
+    }
+}
+
+/// The first place where `a` and `b` differ: its path and both values.
+fn first_difference(
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    path: &str,
+) -> Option<(String, serde_json::Value, serde_json::Value)> {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) if x.len() == y.len() && x.keys().eq(y.keys()) => x
+            .iter()
+            .find_map(|(k, v)| first_difference(v, &y[k], &format!("{path}.{k}"))),
+        _ if a == b => None,
+        _ => Some((path.to_string(), a.clone(), b.clone())),
+    }
+}
+
+/// The flag that sets the config value at `path` (`model.mlp.hidden_sizes` -> `--hidden`).
+fn flag_of(path: &str) -> String {
+    let last = path.rsplit('.').next().unwrap_or(path);
+    let flag = match (path.split('.').next(), last) {
+        (Some("model"), "hidden_sizes") => "hidden",
+        (Some("model"), "stages") => "channels",
+        (Some("model"), "activation") => "activation",
+        (Some("model"), "init") => "init",
+        (Some("model"), "batch_norm") => "batch-norm",
+        (Some("model"), "dropout") => "dropout",
+        (Some("model"), _) => "model",
+        (Some("augment"), _) => "augment",
+        (_, key) => key,
+    };
+    format!("--{flag}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,5 +501,68 @@ mod tests {
         let c = TrainConfig::default();
         let json = serde_json::to_string_pretty(&c).unwrap();
         assert_eq!(serde_json::from_str::<TrainConfig>(&json).unwrap(), c);
+    }
+
+    #[test]
+    fn a_resume_conflict_names_the_flag_and_both_values() {
+        use cifar_models::Init;
+        let run = TrainConfig {
+            model: ModelConfig::preset("mlp").unwrap(),
+            ..TrainConfig::default()
+        };
+        // What may change on resume.
+        let allowed = TrainConfig {
+            epochs: 40,
+            lr: 0.001,
+            weight_decay: 0.1,
+            lr_schedule: LrSchedule::Step,
+            backend: Backend::Ndarray,
+            ..run.clone()
+        };
+        assert_eq!(run.resume_conflict(&allowed), None);
+        let conflict = |change: &dyn Fn(&mut TrainConfig)| {
+            let mut given = run.clone();
+            change(&mut given);
+            let c = run.resume_conflict(&given).expect("a conflict");
+            (c.flag, c.started, c.given)
+        };
+        let s = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
+        assert_eq!(
+            conflict(&|c| *c.model.layer_settings().init = Init::Xavier),
+            s("--init", "he", "xavier")
+        );
+        assert_eq!(
+            conflict(&|c| c.model = ModelConfig::preset("cnn").unwrap()),
+            s("--model", "mlp", "cnn")
+        );
+        assert_eq!(
+            conflict(&|c| {
+                if let ModelConfig::Mlp(m) = &mut c.model {
+                    m.hidden_sizes = vec![50]
+                }
+            }),
+            s("--hidden", "100", "50")
+        );
+        assert_eq!(conflict(&|c| c.seed = 3), s("--seed", "0", "3"));
+        assert_eq!(
+            conflict(&|c| c.batch_size = 64),
+            s("--batch-size", "128", "64")
+        );
+        assert_eq!(
+            conflict(&|c| c.augment = None),
+            s("--augment", "true", "false")
+        );
+        assert_eq!(
+            conflict(&|c| c.split.val_size = 500),
+            s("--val-size", "1000", "500")
+        );
+        assert_eq!(
+            conflict(&|c| c.preprocess = Preprocessing::MeanImage),
+            s("--preprocess", "standardize", "mean-image")
+        );
+        assert_eq!(
+            conflict(&|c| c.optimizer = OptimizerKind::Adam),
+            s("--optimizer", "nesterov", "adam")
+        );
     }
 }

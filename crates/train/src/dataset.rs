@@ -47,9 +47,13 @@ pub fn prepare(
     fitted: Option<FittedPreprocessing>,
 ) -> Result<Prepared> {
     let splits = split.split(data)?;
+    // A run's saved statistics are used as they are, never silently refitted.
     let fitted = match fitted {
-        Some(f) if f.method == *preprocess && f.fitted_on == splits.train.len() => f,
-        _ => preprocess.fit(&splits.train)?,
+        Some(f) => {
+            f.check_fitted_on(preprocess, &splits.train)?;
+            f
+        }
+        None => preprocess.fit(&splits.train)?,
     };
     Ok(Prepared {
         train: Arc::new(fitted.transform(&splits.train)),

@@ -162,7 +162,7 @@ impl RunDir {
     }
 
     /// The latest complete checkpoint folder, if any.
-    fn checkpoint_dir(&self) -> Option<PathBuf> {
+    pub fn checkpoint_dir(&self) -> Option<PathBuf> {
         ["checkpoint", "checkpoint.old"]
             .iter()
             .map(|n| self.file(n))

@@ -470,3 +470,117 @@ fn a_runs_config_fed_back_gives_the_same_run() {
         config_text
     );
 }
+
+/// `--resume` continues the run it finds and refuses to mix another into it.
+#[test]
+fn resume_refuses_what_would_change_the_run_and_reruns_safely() {
+    let (tmp, data) = dataset();
+    let d = data.to_str().unwrap();
+    let out = tmp.path().join("run");
+    let o = out.to_str().unwrap();
+    let mut first = small_fit(d, o, "flex", "3");
+    first.extend_from_slice(&["--until-epoch", "1"]);
+    ok(&first);
+    let resume = |extra: &[&str]| {
+        let mut args = vec!["fit", "--data", d, "--out", o, "--resume"];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    for (extra, expected) in [
+        (
+            &["--hidden", "50"][..],
+            "--hidden 50: the run was started with --hidden 32",
+        ),
+        (
+            &["--seed", "5"],
+            "--seed 5: the run was started with --seed 0",
+        ),
+        (
+            &["--optimizer", "adam"],
+            "--optimizer adam: the run was started with --optimizer momentum",
+        ),
+        (
+            &["--val-size", "40"],
+            "--val-size 40: the run was started with --val-size 50",
+        ),
+        (
+            &["--preprocess", "standardize"],
+            "the run was started with --preprocess mean-image",
+        ),
+    ] {
+        let result = resume(extra);
+        let err = stderr(&result);
+        assert!(!result.status.success(), "{extra:?} was accepted");
+        assert!(err.contains(expected), "{extra:?}: {err}");
+        assert!(err.contains("start a new run with another --out"), "{err}");
+    }
+    // A --config file that disagrees is refused the same way.
+    let mut other: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    other["batch-size"] = 10.into();
+    let file = tmp.path().join("other.json");
+    std::fs::write(&file, other.to_string()).unwrap();
+    let result = resume(&["--config", file.to_str().unwrap()]);
+    let err = stderr(&result);
+    assert!(
+        err.contains("--config")
+            && err.contains("--batch-size 10: the run was started with --batch-size 25"),
+        "{err}"
+    );
+    // Preprocessing statistics of other images are refused, not refitted.
+    let other_data = tmp.path().join("other-data");
+    cifar_data::synthetic::write_folder(&other_data, 60, 30, 4).unwrap();
+    let result = run(&[
+        "fit",
+        "--data",
+        other_data.to_str().unwrap(),
+        "--out",
+        o,
+        "--resume",
+    ]);
+    let err = stderr(&result);
+    assert!(
+        err.contains("preprocess.bin") && err.contains("another training split"),
+        "{err}"
+    );
+    // What may change does, and a rerun of the finished run says so and succeeds.
+    let done = json(&stdout(&resume(&["--lr", "0.02", "--json"])));
+    assert_eq!(done["status"], "finished");
+    assert_eq!(done["epochs"], 3);
+    let again = resume(&["--json"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(json(&stdout(&again))["val_accuracy"], done["val_accuracy"]);
+    assert!(stderr(&again).contains("already finished its 3 epochs"));
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["lr"], 0.02);
+}
+
+/// A scheduler's rerun of `train fit --out DIR --resume`: on an empty
+/// folder, and on a run killed before its first checkpoint, the run starts.
+#[test]
+fn resume_starts_a_run_that_has_no_checkpoint_yet() {
+    let (tmp, data) = dataset();
+    let d = data.to_str().unwrap();
+    let out = tmp.path().join("fresh");
+    let o = out.to_str().unwrap();
+    let mut args = small_fit(d, o, "flex", "1");
+    args.push("--resume");
+    let first = run(&args);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(
+        stderr(&first).contains("holds no run yet; starting it")
+            || stdout(&first).contains("holds no run yet; starting it")
+    );
+    // Killed during its first epoch: a config, no checkpoint.
+    std::fs::remove_dir_all(out.join("checkpoint")).unwrap();
+    std::fs::remove_file(out.join("summary.json")).unwrap();
+    let again = run(&args);
+    let text = format!("{}{}", stdout(&again), stderr(&again));
+    assert!(again.status.success(), "{text}");
+    assert!(
+        text.contains("starting the run again from the beginning"),
+        "{text}"
+    );
+    assert_eq!(json(&stdout(&again))["epochs"], 1);
+}

@@ -14,7 +14,7 @@ use cifar_train::{backend, report};
 
 use super::lr_find::{print_suggestions, write_lr_find};
 use super::{default_run_dir, load_prepared};
-use crate::cli::{FitArgs, LrArg};
+use crate::cli::{FitArgs, LrArg, TrainFlags};
 
 /// Set by `train search` for its trials, to the search's process id: a
 /// trial whose search process dies writes a checkpoint and stops, instead of
@@ -48,6 +48,75 @@ fn stop_flag(search: Option<u32>) -> Arc<AtomicBool> {
     flag
 }
 
+/// What `--resume` finds in a run folder.
+enum ResumePoint {
+    /// No run: no `config.json`.
+    Nothing,
+    /// A run stopped before its first checkpoint.
+    NoCheckpoint(TrainConfig),
+    /// A run with a checkpoint to continue from.
+    Checkpoint(TrainConfig),
+}
+
+fn resume_point(out: &Path) -> Result<ResumePoint> {
+    if !out.join("config.json").is_file() {
+        return Ok(ResumePoint::Nothing);
+    }
+    let run = RunDir::open(out).context("--resume")?;
+    let config = run.load_config()?;
+    Ok(match run.checkpoint_dir() {
+        Some(_) => ResumePoint::Checkpoint(config),
+        None => ResumePoint::NoCheckpoint(config),
+    })
+}
+
+/// A resumed run's config: its own (or `--config FILE`'s, when that agrees
+/// with it), then the flags; a flag or file that would change what was
+/// already trained is refused, naming it and the run's value.
+fn resumed_config(run_config: &TrainConfig, flags: &TrainFlags, out: &Path) -> Result<TrainConfig> {
+    let advice = |flag: &str| {
+        format!(
+            "Leave {flag} out to continue the run in {}, or start a new run with another --out",
+            out.display()
+        )
+    };
+    let base = match &flags.config {
+        Some(path) => {
+            let file = TrainFlags {
+                config: Some(path.clone()),
+                ..TrainFlags::default()
+            }
+            .to_config(None)?;
+            if let Some(c) = run_config.resume_conflict(&file) {
+                bail!(
+                    "--config {}: {c}. Make the file agree with {}, or start a new run with another --out",
+                    path.display(),
+                    out.join("config.json").display()
+                );
+            }
+            file
+        }
+        None => run_config.clone(),
+    };
+    let config = TrainFlags {
+        config: None,
+        ..flags.clone()
+    }
+    .to_config(Some(base))?;
+    if let Some(c) = run_config.resume_conflict(&config) {
+        bail!("{c}. {}", advice(&c.flag));
+    }
+    Ok(config)
+}
+
+/// The run's `summary.json` when it finished and `config` asks for no more epochs.
+fn finished_summary(out: &Path, config: &TrainConfig) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(out.join("summary.json")).ok()?;
+    let summary: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let epochs = summary["epochs"].as_u64()? as usize;
+    (summary["status"] == "finished" && epochs >= config.epochs).then_some(summary)
+}
+
 /// `train fit`.
 pub fn fit_command(args: &FitArgs) -> Result<()> {
     // A search's trial: mark the folder as being trained, and stop with the search.
@@ -70,13 +139,44 @@ pub fn fit_command(args: &FitArgs) -> Result<()> {
         bail!("--resume continues the run in --out DIR: pass the folder of the run to continue");
     }
     let out = args.out.clone().unwrap_or_else(|| default_run_dir(""));
-    let base = if args.resume {
-        Some(RunDir::open(&out).context("--resume")?.load_config()?)
-    } else {
-        None
+    let progress = Progress::new(args.json);
+    // What --resume finds: a scheduler may rerun the same command after any kill.
+    let (resume, run_config) = match args.resume.then(|| resume_point(&out)).transpose()? {
+        None => (false, None),
+        Some(ResumePoint::Nothing) => {
+            progress.line(&format!(
+                "--resume: {} holds no run yet; starting it",
+                out.display()
+            ));
+            (false, None)
+        }
+        Some(ResumePoint::NoCheckpoint(config)) => {
+            progress.line(&format!(
+                "--resume: {} has no checkpoint (it stopped during its first epoch); starting the run again from the beginning",
+                out.display()
+            ));
+            (false, Some(config))
+        }
+        Some(ResumePoint::Checkpoint(config)) => (true, Some(config)),
     };
-    let mut config = args.flags.to_config(base)?;
-    if !args.resume && out.join("checkpoint").exists() {
+    let mut config = match &run_config {
+        Some(run_config) => resumed_config(run_config, &args.flags, &out)?,
+        None => args.flags.to_config(None)?,
+    };
+    if resume && let Some(summary) = finished_summary(&out, &config) {
+        // Nothing left to train: say how the run ended, as its first end did.
+        if args.json {
+            println!("{summary}");
+        }
+        progress.line(&format!(
+            "{} already finished its {} epochs: best val acc {:.4}; pass a larger --epochs to train longer",
+            out.display(),
+            summary["epochs"],
+            summary["val_accuracy"].as_f64().unwrap_or(0.0)
+        ));
+        return Ok(());
+    }
+    if !resume && run_config.is_none() && out.join("checkpoint").exists() {
         bail!(
             "{} already holds a run: pass --resume to continue it, or another --out",
             out.display()
@@ -86,27 +186,37 @@ pub fn fit_command(args: &FitArgs) -> Result<()> {
         anyhow::ensure!(n > 0, "--until-epoch must be at least 1");
     }
     let find_lr = args.flags.lr == Some(LrArg::Find);
-    if find_lr && args.resume {
+    if find_lr && resume {
         bail!(
             "--lr find picks the rate of a new run; a resumed run keeps its own (--lr {})",
             config.lr
         );
     }
     let device = backend::device_on(config.backend, args.flags.device.unwrap_or_default())?;
-    let progress = Progress::new(args.json);
     if config.backend == Backend::Wgpu {
         progress.line(&format!(
             "training on wgpu, adapter {}",
             args.flags.device.unwrap_or_default()
         ));
     }
-    // A resumed run keeps the preprocessing it was fitted with.
-    let saved = if args.resume {
+    // A resumed run keeps the preprocessing it was fitted with, on the same images.
+    let saved = if resume {
         Some(RunDir::open(&out)?.load_preprocessing()?)
     } else {
         None
     };
-    let prepared = load_prepared(&args.flags, &config, saved, progress)?;
+    let prepared = load_prepared(&args.flags, &config, saved, progress).map_err(|e| {
+        if e.downcast_ref::<cifar_data::DataError>()
+            .is_some_and(|d| matches!(d, cifar_data::DataError::NotFittedOn(_)))
+        {
+            e.context(format!(
+                "--resume: {}",
+                out.join("preprocess.bin").display()
+            ))
+        } else {
+            e
+        }
+    })?;
     let run = RunDir::create(&out)?;
     if find_lr {
         progress.line("--lr find: running the learning-rate finder first");
@@ -149,7 +259,7 @@ pub fn fit_command(args: &FitArgs) -> Result<()> {
         &run,
         &device,
         FitOptions {
-            resume: args.resume,
+            resume,
             interrupt,
             progress,
             monitor_every: args.monitor_every,
