@@ -96,8 +96,8 @@ pub fn load_archive(path: impl AsRef<Path>) -> Result<Cifar10, DataError> {
 
 /// Downloads `url` to `dest`, checking that its md5 is `expected_md5`.
 ///
-/// The bytes go to `dest` + `.part` first, with a progress bar on standard
-/// error; only a verified file is renamed to `dest`.
+/// The bytes go to a temporary file beside `dest` first, with a progress bar
+/// on standard error; only a verified file is renamed to `dest`.
 pub fn download_file(url: &str, dest: &Path, expected_md5: &str) -> Result<(), DataError> {
     let fail = |reason: String| DataError::Download {
         url: url.to_string(),
@@ -124,34 +124,33 @@ pub fn download_file(url: &str, dest: &Path, expected_md5: &str) -> Result<(), D
         .progress_chars("=> "),
     );
     bar.set_message("downloading CIFAR-10");
-    let part = dest.with_extension("part");
-    let mut out = std::fs::File::create(&part).map_err(|e| DataError::io(&part, e))?;
     let mut reader = response.into_body().into_reader();
-    let mut hasher = Md5::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = reader.read(&mut buf).map_err(|e| fail(e.to_string()))?;
-        if n == 0 {
-            break;
+    // Written beside `dest` and renamed into place only once verified.
+    crate::atomic::write_with(dest, |part| {
+        let mut out = std::fs::File::create(part).map_err(|e| DataError::io(part, e))?;
+        let mut hasher = Md5::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = reader.read(&mut buf).map_err(|e| fail(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])
+                .map_err(|e| DataError::io(part, e))?;
+            bar.inc(n as u64);
         }
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .map_err(|e| DataError::io(&part, e))?;
-        bar.inc(n as u64);
-    }
-    out.sync_all().map_err(|e| DataError::io(&part, e))?;
-    drop(out);
-    bar.finish_and_clear();
-    let actual = format!("{:x}", hasher.finalize());
-    if actual != expected_md5 {
-        let _ = std::fs::remove_file(&part);
-        return Err(DataError::ChecksumMismatch {
-            url: url.to_string(),
-            expected: expected_md5.to_string(),
-            actual,
-        });
-    }
-    std::fs::rename(&part, dest).map_err(|e| DataError::io(dest, e))
+        bar.finish_and_clear();
+        let actual = format!("{:x}", hasher.finalize());
+        if actual != expected_md5 {
+            return Err(DataError::ChecksumMismatch {
+                url: url.to_string(),
+                expected: expected_md5.to_string(),
+                actual,
+            });
+        }
+        Ok(())
+    })
 }
 
 /// Makes sure `cache_dir/cifar-10-batches-bin` holds CIFAR-10, downloading
@@ -172,35 +171,32 @@ pub fn download(cache_dir: &Path, url: &str, expected_md5: &str) -> Result<PathB
 }
 
 /// Unpacks the batch files of `archive` into `folder`, through a temporary
-/// folder renamed at the end.
+/// folder swapped in whole at the end.
 fn unpack(archive: &Path, folder: &Path) -> Result<(), DataError> {
     let data = load_archive(archive)?;
-    let tmp = folder.with_extension("part");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-    let write = |name: &str, set: &ImageSet, range: std::ops::Range<usize>| {
-        let mut bytes = Vec::with_capacity(range.len() * crate::RECORD_BYTES);
-        for i in range {
-            bytes.push(set.label(i));
-            bytes.extend_from_slice(set.image(i));
-        }
-        let path = tmp.join(name);
-        std::fs::write(&path, bytes).map_err(|e| DataError::io(&path, e))
-    };
-    let per_file = data.train.len() / TRAIN_FILES.len();
-    for (i, name) in TRAIN_FILES.iter().enumerate() {
-        let end = if i + 1 == TRAIN_FILES.len() {
-            data.train.len()
-        } else {
-            (i + 1) * per_file
+    crate::atomic::write_dir(folder, |tmp| {
+        let write = |name: &str, set: &ImageSet, range: std::ops::Range<usize>| {
+            let mut bytes = Vec::with_capacity(range.len() * crate::RECORD_BYTES);
+            for i in range {
+                bytes.push(set.label(i));
+                bytes.extend_from_slice(set.image(i));
+            }
+            let path = tmp.join(name);
+            std::fs::write(&path, bytes).map_err(|e| DataError::io(&path, e))
         };
-        write(name, &data.train, i * per_file..end)?;
-    }
-    if let Some(test) = &data.test {
-        write(TEST_FILE, test, 0..test.len())?;
-    }
-    let meta = tmp.join(META_FILE);
-    std::fs::write(&meta, data.classes.join("\n") + "\n").map_err(|e| DataError::io(&meta, e))?;
-    let _ = std::fs::remove_dir_all(folder);
-    std::fs::rename(&tmp, folder).map_err(|e| DataError::io(folder, e))
+        let per_file = data.train.len() / TRAIN_FILES.len();
+        for (i, name) in TRAIN_FILES.iter().enumerate() {
+            let end = if i + 1 == TRAIN_FILES.len() {
+                data.train.len()
+            } else {
+                (i + 1) * per_file
+            };
+            write(name, &data.train, i * per_file..end)?;
+        }
+        if let Some(test) = &data.test {
+            write(TEST_FILE, test, 0..test.len())?;
+        }
+        let meta = tmp.join(META_FILE);
+        std::fs::write(&meta, data.classes.join("\n") + "\n").map_err(|e| DataError::io(&meta, e))
+    })
 }

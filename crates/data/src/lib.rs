@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+pub mod atomic;
 mod augment;
 mod batcher;
 mod cifar;

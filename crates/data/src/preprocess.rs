@@ -16,7 +16,7 @@
 //! centered training data (as in the lecture's `np.dot(X.T, X) / X.shape[0]`),
 //! and its eigendecomposition comes from `faer`.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -506,12 +506,7 @@ impl FittedPreprocessing {
         for v in &self.projection {
             bytes.extend_from_slice(&v.to_le_bytes());
         }
-        let tmp = path.with_extension("tmp");
-        let mut file = std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-        file.write_all(&bytes)
-            .and_then(|_| file.sync_all())
-            .map_err(|e| DataError::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+        crate::atomic::write_file(path, &bytes)
     }
 
     /// Reads a file written by [`save`](Self::save).

@@ -132,33 +132,28 @@ impl RunDir {
         optim: &ModuleOptimizer,
         state: &TrainState,
     ) -> Result<()> {
-        let tmp = self.file("checkpoint.tmp");
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        model
-            .clone()
-            .save_file(tmp.join("model.bpk"))
-            .map_err(|e| {
-                anyhow::anyhow!("cannot write {}: {e:?}", tmp.join("model.bpk").display())
+        // One rename puts the complete folder (model, optimizer and state,
+        // with the best accuracy so far) in place. `best.bpk` is written
+        // before it: a crash in between replays that epoch on resume and
+        // writes the same best model again.
+        cifar_data::atomic::write_dir(&self.file("checkpoint"), |tmp| -> Result<()> {
+            model
+                .clone()
+                .save_file(tmp.join("model.bpk"))
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot write {}: {e:?}", tmp.join("model.bpk").display())
+                })?;
+            optim.save(tmp.join("optimizer.bpk")).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot write {}: {e:?}",
+                    tmp.join("optimizer.bpk").display()
+                )
             })?;
-        optim.save(tmp.join("optimizer.bpk")).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot write {}: {e:?}",
-                tmp.join("optimizer.bpk").display()
-            )
-        })?;
-        std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
-        let current = self.file("checkpoint");
-        let old = self.file("checkpoint.old");
-        let _ = std::fs::remove_dir_all(&old);
-        if current.exists() {
-            std::fs::rename(&current, &old)?;
-        }
-        std::fs::rename(&tmp, &current)
-            .with_context(|| format!("cannot write {}", current.display()))?;
-        let _ = std::fs::remove_dir_all(&old);
-        Ok(())
+            let state_file = tmp.join("state.json");
+            std::fs::write(&state_file, serde_json::to_string_pretty(state)?)
+                .with_context(|| format!("cannot write {}", state_file.display()))
+        })
+        .with_context(|| format!("cannot write the checkpoint in {}", self.root.display()))
     }
 
     /// The latest complete checkpoint folder, if any.
@@ -194,19 +189,18 @@ impl RunDir {
     }
 }
 
-/// Saves a module to `path` through a temporary file.
+/// Saves a module to `path` atomically (see [`cifar_data::atomic`]).
 pub fn save_module<M: Module + Clone>(module: &M, path: &Path) -> Result<()> {
-    let tmp = path.with_extension("tmp.bpk");
-    module
-        .clone()
-        .save_file(&tmp)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e:?}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    cifar_data::atomic::write_with(path, |tmp| -> Result<()> {
+        module
+            .clone()
+            .save_file(tmp)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e:?}", path.display()))
+    })
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
+/// Writes `bytes` to `path` atomically and durably (see [`cifar_data::atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    cifar_data::atomic::write_file(path, bytes)
+        .with_context(|| format!("cannot write {}", path.display()))
 }

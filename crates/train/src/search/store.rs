@@ -91,7 +91,7 @@ impl Store {
             conn,
             dir: dir.to_path_buf(),
         };
-        store.export(state)?;
+        export(dir, state)?;
         Ok(store)
     }
 
@@ -131,18 +131,20 @@ impl Store {
         let result = change(&mut after)?;
         if after != before {
             write_changes(&tx, &before, &after)?;
-            tx.commit()?;
+            // Exported while the database is locked, so that the last file
+            // written is always the newest state.
             if after.trials != before.trials {
-                self.export(&after)?;
+                export(&self.dir, &after)?;
             }
+            tx.commit()?;
         }
         Ok(result)
     }
+}
 
-    /// Writes `trials.csv`.
-    fn export(&self, state: &SearchState) -> Result<()> {
-        crate::rundir::write_atomic(&self.dir.join("trials.csv"), state.csv().as_bytes())
-    }
+/// Writes `dir/trials.csv`.
+fn export(dir: &Path, state: &SearchState) -> Result<()> {
+    crate::rundir::write_atomic(&dir.join("trials.csv"), state.csv().as_bytes())
 }
 
 /// `state` without stages or trials: what `create` writes them against.
