@@ -117,6 +117,22 @@ fn replace_dir(tmp: &Path, dest: &Path) -> Result<(), DataError> {
     Ok(())
 }
 
+/// Removes the temporary files and folders that writers killed mid-write
+/// left in `dir` (their names start with `.` and hold `.tmp`). Call it only
+/// where no other process writes into `dir`.
+pub fn remove_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(".tmp") {
+            let path = entry.path();
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+    }
+}
+
 /// Where [`write_dir`] keeps the previous folder while it swaps in the new one.
 pub fn old_name(dest: &Path) -> PathBuf {
     let mut name = dest.as_os_str().to_owned();

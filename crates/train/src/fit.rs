@@ -112,6 +112,9 @@ pub struct FitOptions {
     /// Stop (with a checkpoint) once this many epochs are trained, before
     /// `config.epochs`; the schedule stays that of the whole run.
     pub stop_after_epoch: Option<usize>,
+    /// Also checkpoint in the middle of an epoch when this much time has
+    /// passed since the last checkpoint (`None`: at epoch ends only).
+    pub checkpoint_every: Option<std::time::Duration>,
 }
 
 impl FitOptions {
@@ -126,6 +129,7 @@ impl FitOptions {
             },
             monitor_every: None,
             stop_after_epoch: None,
+            checkpoint_every: None,
         }
     }
 }
@@ -213,6 +217,7 @@ pub fn fit(
     let mut images_trained = 0usize;
     let run_start = Instant::now();
     let seconds_before = state.seconds;
+    let mut last_checkpoint = Instant::now();
     let mut status = RunStatus::Finished;
 
     'epochs: while state.epoch < config.epochs {
@@ -287,6 +292,16 @@ pub fn fit(
                 };
                 break 'epochs;
             }
+            // A long epoch is checkpointed on the way, exactly as Ctrl-C does.
+            if options
+                .checkpoint_every
+                .is_some_and(|every| last_checkpoint.elapsed() >= every)
+                && state.batch < batches.len()
+            {
+                state.seconds = seconds_before + run_start.elapsed().as_secs_f64();
+                run.save_checkpoint(trainer.model(), trainer.optimizer(), &state)?;
+                last_checkpoint = Instant::now();
+            }
         }
         let train_seconds = epoch_start.elapsed().as_secs_f64();
         images_trained += images;
@@ -333,6 +348,7 @@ pub fn fit(
         progress.on_epoch_end(&end)?;
         metrics.on_epoch_end(&end)?;
         checkpoints.on_epoch_end(&end)?;
+        last_checkpoint = Instant::now();
         if let Some(m) = monitor.as_mut() {
             m.on_epoch_end(&end)?;
         }

@@ -57,6 +57,7 @@ impl RunDir {
         let root = root.into();
         std::fs::create_dir_all(&root)
             .with_context(|| format!("cannot create run folder {}", root.display()))?;
+        cifar_data::atomic::remove_leftovers(&root);
         Ok(Self { root })
     }
 

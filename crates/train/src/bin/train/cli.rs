@@ -185,6 +185,9 @@ pub struct FitArgs {
     /// Stop after epoch N of --epochs with a checkpoint (continue with --resume; the schedule spans all epochs)
     #[arg(long, value_name = "N")]
     pub until_epoch: Option<usize>,
+    /// Also write a checkpoint (as Ctrl-C does) every MINUTES in the middle of an epoch, so a kill loses at most that much work; 0 for epoch ends only
+    #[arg(long, value_name = "MINUTES", default_value_t = 10.0)]
+    pub checkpoint_every: f64,
     /// Record per-layer statistics to layers.csv every K steps (0: off) [default: about 20 times per epoch]
     #[arg(long, value_name = "K")]
     pub monitor_every: Option<usize>,

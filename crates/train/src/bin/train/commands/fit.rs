@@ -182,6 +182,11 @@ pub fn fit_command(args: &FitArgs) -> Result<()> {
             out.display()
         );
     }
+    anyhow::ensure!(
+        args.checkpoint_every.is_finite() && args.checkpoint_every >= 0.0,
+        "--checkpoint-every must be a number of minutes (0 or more), got {}",
+        args.checkpoint_every
+    );
     if let Some(n) = args.until_epoch {
         anyhow::ensure!(n > 0, "--until-epoch must be at least 1");
     }
@@ -264,6 +269,8 @@ pub fn fit_command(args: &FitArgs) -> Result<()> {
             progress,
             monitor_every: args.monitor_every,
             stop_after_epoch: args.until_epoch,
+            checkpoint_every: (args.checkpoint_every > 0.0)
+                .then(|| std::time::Duration::from_secs_f64(args.checkpoint_every * 60.0)),
         },
     );
     if let Some(marker) = &marker {
