@@ -4,6 +4,7 @@
 //! ```text
 //! runs/NAME/
 //!   config.json        the full TrainConfig
+//!   data.json          the data folder it trains on
 //!   preprocess.bin     the fitted preprocessing
 //!   metrics.csv        loss per iteration, accuracies per epoch
 //!   loss.png           the loss curve
@@ -97,6 +98,24 @@ impl RunDir {
             .with_context(|| format!("cannot read {}", path.display()))?;
         serde_json::from_str(&text)
             .with_context(|| format!("{} is not a valid run config", path.display()))
+    }
+
+    /// Records the data folder the run trains on (`data.json`), so that
+    /// `eval` and `--resume` find it without `--data`.
+    pub fn save_data_dir(&self, data: &Path) -> Result<()> {
+        let absolute = std::path::absolute(data).unwrap_or_else(|_| data.to_path_buf());
+        write_atomic(
+            &self.file("data.json"),
+            serde_json::to_string_pretty(&serde_json::json!({ "data": absolute }))?.as_bytes(),
+        )
+    }
+
+    /// The data folder the run recorded, if it still exists.
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        let text = std::fs::read_to_string(self.file("data.json")).ok()?;
+        let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let dir = PathBuf::from(value["data"].as_str()?);
+        dir.is_dir().then_some(dir)
     }
 
     /// Writes the fitted preprocessing.

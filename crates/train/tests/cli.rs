@@ -584,3 +584,31 @@ fn resume_starts_a_run_that_has_no_checkpoint_yet() {
     );
     assert_eq!(json(&stdout(&again))["epochs"], 1);
 }
+
+/// `train eval --run DIR` finds the data the run was trained on.
+#[test]
+fn eval_finds_the_runs_data_folder() {
+    let (tmp, data) = dataset();
+    let out = tmp.path().join("run");
+    ok(&small_fit(
+        data.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "flex",
+        "1",
+    ));
+    let recorded: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("data.json")).unwrap()).unwrap();
+    assert_eq!(
+        Path::new(recorded["data"].as_str().unwrap()),
+        std::path::absolute(&data).unwrap()
+    );
+    let eval = json(&ok(&[
+        "eval",
+        "--run",
+        out.to_str().unwrap(),
+        "--split",
+        "val",
+        "--json",
+    ]));
+    assert_eq!(eval["examples"], 50, "{eval}");
+}

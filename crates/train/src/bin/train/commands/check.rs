@@ -20,7 +20,7 @@ pub fn check_command(args: &CheckArgs) -> Result<()> {
     let config = args.flags.to_config(None)?;
     let device = backend::device_on(config.backend, args.flags.device.unwrap_or_default())?;
     let progress = Progress::new(args.json);
-    let prepared = load_prepared(&args.flags, &config, None, progress)?;
+    let (_, prepared) = load_prepared(&args.flags, &config, None, progress)?;
     let options = CheckOptions {
         overfit_steps: args.overfit_steps,
         ..CheckOptions::default()

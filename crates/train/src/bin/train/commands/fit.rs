@@ -210,7 +210,15 @@ pub fn fit_command(args: &FitArgs) -> Result<()> {
     } else {
         None
     };
-    let prepared = load_prepared(&args.flags, &config, saved, progress).map_err(|e| {
+    // A resumed run trains on the data it started with, unless --data says otherwise.
+    let mut flags = args.flags.clone();
+    if run_config.is_some()
+        && flags.source.data.is_none()
+        && let Some(dir) = RunDir::open(&out).ok().and_then(|r| r.data_dir())
+    {
+        flags.source.data = Some(dir);
+    }
+    let (data_dir, prepared) = load_prepared(&flags, &config, saved, progress).map_err(|e| {
         if e.downcast_ref::<cifar_data::DataError>()
             .is_some_and(|d| matches!(d, cifar_data::DataError::NotFittedOn(_)))
         {
@@ -241,6 +249,7 @@ pub fn fit_command(args: &FitArgs) -> Result<()> {
         ));
     }
     run.save_config(&config)?;
+    run.save_data_dir(&data_dir)?;
     run.save_preprocessing(&prepared.fitted)?;
     if config.effective_warmup() < config.warmup {
         progress.line(&format!(

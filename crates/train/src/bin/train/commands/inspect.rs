@@ -15,7 +15,13 @@ use crate::cli::{DataArgs, EvalArgs, PredictArgs};
 pub fn eval_command(args: &EvalArgs) -> Result<()> {
     let (run, config, device, model) = load_run(&args.run, args.backend)?;
     let fitted = run.load_preprocessing()?;
-    let (_, data) = dataset::load(args.source.data.as_deref(), args.source.download)?;
+    // The data the run trained on, unless --data says otherwise.
+    let recorded = run.data_dir();
+    let source = args.source.data.as_deref().or(recorded.as_deref());
+    let (dir, data) = dataset::load(source, args.source.download)?;
+    if !args.json {
+        println!("data: {}", dir.display());
+    }
     let splits = config.split.split(&data)?;
     let set = match args.split.as_str() {
         "train" => &splits.train,

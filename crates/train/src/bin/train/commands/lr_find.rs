@@ -61,7 +61,7 @@ pub fn lr_find_command(args: &LrFindArgs) -> Result<()> {
     let config = args.flags.to_config(None)?;
     let device = backend::device_on(config.backend, args.flags.device.unwrap_or_default())?;
     let progress = Progress::new(args.json);
-    let prepared = load_prepared(&args.flags, &config, None, progress)?;
+    let (_, prepared) = load_prepared(&args.flags, &config, None, progress)?;
     let run = RunDir::create(
         args.out
             .clone()

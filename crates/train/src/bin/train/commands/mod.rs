@@ -38,7 +38,7 @@ fn load_prepared(
     config: &TrainConfig,
     saved: Option<cifar_data::FittedPreprocessing>,
     progress: Progress,
-) -> Result<Prepared> {
+) -> Result<(PathBuf, Prepared)> {
     let (dir, data) = dataset::load(flags.source.data.as_deref(), flags.source.download)?;
     progress.line(&format!(
         "data: {} ({} training images)",
@@ -59,7 +59,7 @@ fn load_prepared(
         config.preprocess,
         started.elapsed().as_secs_f64()
     ));
-    Ok(prepared)
+    Ok((dir, prepared))
 }
 
 /// `runs/<prefix><YYYYmmdd-HHMMSS>` in UTC.
