@@ -1039,13 +1039,15 @@ pub fn search_charts(dir: &Path, state: &crate::search::runner::SearchState) -> 
         let mut best = f64::NEG_INFINITY;
         let mut ordered: Vec<(usize, f64)> = scored.iter().map(|(t, a)| (t.trial, *a)).collect();
         ordered.sort_by_key(|(t, _)| *t);
-        let running: Vec<(f64, f64)> = ordered
-            .into_iter()
-            .map(|(t, a)| {
-                best = best.max(a);
-                (t as f64, best)
-            })
-            .collect();
+        // A step line: the best so far only changes at a trial.
+        let mut running: Vec<(f64, f64)> = Vec::new();
+        for (t, a) in ordered {
+            if let Some(&(_, previous)) = running.last() {
+                running.push((t as f64, previous));
+            }
+            best = best.max(a);
+            running.push((t as f64, best));
+        }
         chart
             .draw_series(LineSeries::new(running, PALETTE[1].stroke_width(2)))?
             .label("best so far")
