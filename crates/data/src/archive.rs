@@ -84,9 +84,15 @@ pub fn load_archive(path: impl AsRef<Path>) -> Result<Cifar10, DataError> {
         }
         None => None,
     };
-    let classes = meta
-        .map(|m| parse_classes(&String::from_utf8_lossy(&m)))
-        .unwrap_or_else(default_classes);
+    let classes = match meta {
+        Some(m) => {
+            parse_classes(&String::from_utf8_lossy(&m)).map_err(|count| DataError::BadMeta {
+                path: path.join(META_FILE),
+                count,
+            })?
+        }
+        None => default_classes(),
+    };
     Ok(Cifar10 {
         train: set,
         test,

@@ -66,28 +66,32 @@ impl ImageSet {
     }
 
     /// Parses the records of one binary batch, appending them to this set.
+    /// The batch is checked whole first: on error nothing is appended.
     ///
     /// `path` only names the source in errors.
     pub fn extend_from_batch(&mut self, bytes: &[u8], path: &Path) -> Result<(), DataError> {
-        if !bytes.len().is_multiple_of(RECORD_BYTES) {
+        if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD_BYTES) {
             return Err(DataError::BadSize {
                 path: path.to_path_buf(),
                 size: bytes.len() as u64,
             });
         }
+        if let Some((index, record)) = bytes
+            .chunks_exact(RECORD_BYTES)
+            .enumerate()
+            .find(|(_, record)| record[0] > 9)
+        {
+            return Err(DataError::BadLabel {
+                path: path.to_path_buf(),
+                index,
+                label: record[0],
+            });
+        }
         let count = bytes.len() / RECORD_BYTES;
         self.pixels.reserve(count * IMAGE_BYTES);
         self.labels.reserve(count);
-        for (index, record) in bytes.chunks_exact(RECORD_BYTES).enumerate() {
-            let label = record[0];
-            if label > 9 {
-                return Err(DataError::BadLabel {
-                    path: path.to_path_buf(),
-                    index,
-                    label,
-                });
-            }
-            self.labels.push(label);
+        for record in bytes.chunks_exact(RECORD_BYTES) {
+            self.labels.push(record[0]);
             self.pixels.extend_from_slice(&record[1..]);
         }
         Ok(())
@@ -187,7 +191,10 @@ impl Cifar10 {
         let classes = if meta_path.exists() {
             let text =
                 std::fs::read_to_string(&meta_path).map_err(|e| DataError::io(&meta_path, e))?;
-            parse_classes(&text)
+            parse_classes(&text).map_err(|count| DataError::BadMeta {
+                path: meta_path.clone(),
+                count,
+            })?
         } else {
             default_classes()
         };
@@ -212,9 +219,9 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, DataError> {
     })
 }
 
-/// Class names from `batches.meta.txt`: one a line, blank lines ignored; the
-/// standard names when the file holds fewer than ten.
-pub(crate) fn parse_classes(text: &str) -> Vec<String> {
+/// Class names from `batches.meta.txt`: one a line, blank lines ignored;
+/// the number of names found when it is not ten.
+pub(crate) fn parse_classes(text: &str) -> Result<Vec<String>, usize> {
     let names: Vec<String> = text
         .lines()
         .map(str::trim)
@@ -222,9 +229,9 @@ pub(crate) fn parse_classes(text: &str) -> Vec<String> {
         .map(String::from)
         .collect();
     if names.len() == 10 {
-        names
+        Ok(names)
     } else {
-        default_classes()
+        Err(names.len())
     }
 }
 
@@ -314,9 +321,24 @@ mod tests {
     }
 
     #[test]
-    fn classes_fall_back_to_standard_names() {
-        assert_eq!(parse_classes("a\nb\n")[0], "airplane");
-        let ten = (0..10).map(|i| format!("c{i}\n")).collect::<String>();
-        assert_eq!(parse_classes(&ten)[9], "c9");
+    fn classes_need_ten_names() {
+        assert_eq!(parse_classes("a\nb\n"), Err(2));
+        let ten = (0..10).map(|i| format!("c{i}\n\n")).collect::<String>();
+        assert_eq!(parse_classes(&ten).unwrap()[9], "c9");
+    }
+
+    #[test]
+    fn a_bad_batch_appends_nothing() {
+        let mut set = ImageSet::default();
+        set.extend_from_batch(&record(1, 0), Path::new("a.bin"))
+            .unwrap();
+        let mut bad = record(2, 0);
+        bad.extend(record(3, 0));
+        bad.extend(record(10, 0));
+        assert!(set.extend_from_batch(&bad, Path::new("b.bin")).is_err());
+        assert_eq!(set.len(), 1);
+        let empty = set.extend_from_batch(&[], Path::new("c.bin")).unwrap_err();
+        assert!(empty.to_string().contains("c.bin is 0 bytes"), "{empty}");
+        assert_eq!(set.len(), 1);
     }
 }

@@ -44,6 +44,18 @@ pub enum DataError {
         /// Its size in bytes.
         size: u64,
     },
+    /// `batches.meta.txt` does not name ten classes.
+    #[error(
+        "{} names {count} classes, but CIFAR-10 has 10 (one name a line): fix or delete the \
+         file (the standard names are used without it)",
+        path.display()
+    )]
+    BadMeta {
+        /// The file.
+        path: PathBuf,
+        /// How many names it holds.
+        count: usize,
+    },
     /// A record carries a label outside 0..=9.
     #[error(
         "{} record {index} has label {label}, but CIFAR-10 labels are 0..9: the file is \

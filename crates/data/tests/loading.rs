@@ -147,7 +147,8 @@ fn download_verifies_renames_and_unpacks() {
     let folder = archive::download(cache.path(), &url, &md5).unwrap();
     assert_eq!(folder, cache.path().join("cifar-10-batches-bin"));
     assert!(cache.path().join("cifar-10-binary.tar.gz").is_file());
-    assert!(!cache.path().join("cifar-10-binary.tar.part").exists());
+    // Only the archive and the folder: no temporary file is left.
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 2);
     assert_eq!(Cifar10::load(&folder).unwrap().train, written);
     // A second call finds the data and does not download again (the server is gone).
     assert_eq!(archive::download(cache.path(), &url, &md5).unwrap(), folder);
@@ -160,23 +161,56 @@ fn download_with_wrong_checksum_leaves_no_file() {
     let err = archive::download(cache.path(), &url, archive::MD5).unwrap_err();
     assert!(matches!(err, DataError::ChecksumMismatch { .. }), "{err:?}");
     assert!(err.to_string().contains(archive::MD5), "{err}");
-    assert!(!cache.path().join("cifar-10-binary.tar.gz").exists());
-    assert!(!cache.path().join("cifar-10-binary.tar.part").exists());
+    // Nothing is left in the cache: no archive, no temporary file.
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 0);
 }
 
 #[test]
 fn download_network_failure_is_clear() {
-    // Bind then drop a listener: nothing answers on that port.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}/x.tar.gz");
+    // A server that hangs up without answering (the listener stays ours,
+    // so no other process can take the port in between).
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/x.tar.gz", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(4) {
+            drop(stream);
+        }
+    });
     let cache = tempfile::tempdir().unwrap();
     let msg = archive::download(cache.path(), &url, archive::MD5)
         .unwrap_err()
         .to_string();
     assert!(msg.contains("download of"), "{msg}");
     assert!(msg.contains("--data"), "{msg}");
+}
+
+#[test]
+fn empty_batch_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    synthetic::write_folder(dir.path(), 2, 0, 1).unwrap();
+    std::fs::write(dir.path().join("data_batch_3.bin"), b"").unwrap();
+    let err = Cifar10::load(dir.path()).unwrap_err();
+    assert!(matches!(err, DataError::BadSize { size: 0, .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("data_batch_3.bin is 0 bytes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn meta_file_with_other_than_ten_names_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    synthetic::write_folder(dir.path(), 2, 0, 1).unwrap();
+    let meta = dir.path().join("batches.meta.txt");
+    std::fs::write(&meta, "cat\ndog\n").unwrap();
+    let err = Cifar10::load(dir.path()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("batches.meta.txt names 2 classes, but CIFAR-10 has 10"),
+        "{msg}"
+    );
+    // Blank lines around ten names are fine.
+    let ten: String = (0..10).map(|i| format!("\nclass{i}\n")).collect();
+    std::fs::write(&meta, ten).unwrap();
+    assert_eq!(Cifar10::load(dir.path()).unwrap().classes[3], "class3");
 }
