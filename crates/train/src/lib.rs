@@ -9,6 +9,7 @@
 //!   learning-rate finder (`train lr-find`).
 //! - [`charts`] and [`report`]: the PNG charts and the run's `report.html`.
 //! - [`search`]: random hyperparameter search (its space and pruning rules).
+//! - [`images`]: reading a user's PNG or JPEG safely for `train predict`.
 //! - [`config`], [`dataset`], [`evaluate`], [`rundir`], [`backend`],
 //!   [`params`], [`bench`]: configuration, data, evaluation, the run folder,
 //!   devices, named parameters and benchmarks.
@@ -26,6 +27,7 @@ pub mod dataset;
 pub mod diagnostics;
 pub mod evaluate;
 pub mod fit;
+pub mod images;
 pub mod monitor;
 pub mod params;
 pub mod progress;

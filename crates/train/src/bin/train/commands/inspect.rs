@@ -90,21 +90,7 @@ pub fn predict_command(args: &PredictArgs) -> Result<()> {
     let fitted = run.load_preprocessing()?;
     let mut pixels = Vec::with_capacity(args.images.len() * IMAGE_BYTES);
     for path in &args.images {
-        let img = image::open(path)
-            .with_context(|| format!("cannot read {} as a PNG or JPEG image", path.display()))?
-            .to_rgb8();
-        let img = if img.dimensions() == (32, 32) {
-            img
-        } else {
-            image::imageops::resize(&img, 32, 32, image::imageops::FilterType::Triangle)
-        };
-        for c in 0..3 {
-            for y in 0..32 {
-                for x in 0..32 {
-                    pixels.push(img.get_pixel(x, y)[c]);
-                }
-            }
-        }
+        pixels.extend(cifar_train::images::read_32x32_rgb(path)?);
     }
     let values = fitted.transform_pixels(&pixels);
     let [c, h, w] = fitted.output_shape().dims();
