@@ -523,13 +523,34 @@ impl FittedPreprocessing {
         if bytes.len() < 16 || &bytes[..8] != MAGIC {
             return Err(corrupt("bad header"));
         }
-        let len = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")) as usize;
-        let json = bytes
-            .get(16..16 + len)
+        let len = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|len| len.checked_add(16))
+            .filter(|&end| end <= bytes.len())
             .ok_or_else(|| corrupt("truncated"))?;
+        let json = &bytes[16..end];
         let mut fitted: FittedPreprocessing =
             serde_json::from_slice(json).map_err(|e| corrupt(&e.to_string()))?;
-        let rest = &bytes[16 + len..];
+        // The statistics must have the shapes the method uses.
+        let (means, scales) = match fitted.method {
+            Preprocessing::None => (0, 0),
+            Preprocessing::ChannelMean => (CHANNELS, 0),
+            Preprocessing::Standardize => (CHANNELS, CHANNELS),
+            _ => (IMAGE_BYTES, 0),
+        };
+        if fitted.mean.len() != means || fitted.scale.len() != scales {
+            return Err(corrupt("statistics of the wrong length"));
+        }
+        if !fitted
+            .mean
+            .iter()
+            .chain(&fitted.scale)
+            .all(|v| v.is_finite())
+        {
+            return Err(corrupt("statistics that are not finite"));
+        }
+        let rest = &bytes[end..];
         let expected = match fitted.method {
             Preprocessing::Pca { .. }
             | Preprocessing::PcaWhiten { .. }

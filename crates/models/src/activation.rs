@@ -51,6 +51,29 @@ pub enum ActivationConfig {
 }
 
 impl ActivationConfig {
+    /// Whether its parameters are in range: a finite, non-negative slope,
+    /// alpha or initial value, and at least 2 Maxout pieces.
+    pub fn check(&self) -> Result<(), String> {
+        let non_negative = |v: f64, what: &str| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "activation {self}: the {what} must be a finite number >= 0, got {v}"
+                ))
+            }
+        };
+        match *self {
+            ActivationConfig::LeakyRelu { slope } => non_negative(slope, "slope"),
+            ActivationConfig::Elu { alpha } => non_negative(alpha, "alpha"),
+            ActivationConfig::PRelu { initial, .. } => non_negative(initial, "initial slope"),
+            ActivationConfig::Maxout { pieces } if pieces < 2 => Err(format!(
+                "activation maxout needs at least 2 pieces, got {pieces}"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Leaky ReLU with the usual slope, 0.01.
     pub fn leaky_relu() -> Self {
         ActivationConfig::LeakyRelu { slope: 0.01 }
@@ -98,15 +121,16 @@ impl ActivationConfig {
     ///
     /// # Panics
     ///
-    /// Panics if a parameter is out of range (negative slope or alpha, fewer
-    /// than 2 Maxout pieces).
+    /// Panics if a parameter is out of range ([`check`](Self::check)).
     pub fn init(&self, channels: usize, device: &Device) -> Activation {
+        if let Err(e) = self.check() {
+            panic!("{e}");
+        }
         match *self {
             ActivationConfig::Sigmoid => Activation::Sigmoid(Sigmoid::new()),
             ActivationConfig::Tanh => Activation::Tanh(Tanh::new()),
             ActivationConfig::Relu => Activation::Relu(Relu::new()),
             ActivationConfig::LeakyRelu { slope } => {
-                assert!(slope >= 0.0, "Leaky ReLU slope must be >= 0, got {slope}");
                 Activation::LeakyRelu(LeakyReluConfig::new().with_negative_slope(slope).init())
             }
             ActivationConfig::PRelu {
@@ -122,13 +146,9 @@ impl ActivationConfig {
                 )
             }
             ActivationConfig::Elu { alpha } => {
-                assert!(alpha >= 0.0, "ELU alpha must be >= 0, got {alpha}");
                 Activation::Elu(EluConfig::new().with_alpha(alpha).init())
             }
-            ActivationConfig::Maxout { pieces } => {
-                assert!(pieces >= 2, "Maxout needs at least 2 pieces, got {pieces}");
-                Activation::Maxout(Maxout { pieces })
-            }
+            ActivationConfig::Maxout { pieces } => Activation::Maxout(Maxout { pieces }),
             ActivationConfig::Gelu => Activation::Gelu(Gelu::new()),
             ActivationConfig::Silu => Activation::Silu(SiLU::new()),
         }

@@ -5,6 +5,7 @@ use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 use cifar_spelling::Names;
 
+use crate::layers::check_dropout;
 use crate::layers::dense_stack;
 use crate::{ActivationConfig, ConvBlock, DenseBlock, Init, LayerActivations};
 
@@ -80,6 +81,47 @@ impl cifar_spelling::Upgrade<HeadPooling> for OlderHeadPooling {
 }
 
 cifar_spelling::serde_as_text!(HeadPooling, older = OlderHeadPooling);
+
+impl CnnConfig {
+    /// Whether the configuration can be built: at least one stage, each
+    /// with positive widths, an odd kernel, no more pooling stages than the
+    /// input size allows, positive sizes, a dropout in `[0, 1)`, a finite
+    /// positive logit scale, valid activation and initialization parameters.
+    pub fn check(&self) -> Result<(), String> {
+        if self.stages.is_empty() {
+            return Err("a CNN needs at least one stage".into());
+        }
+        if self
+            .stages
+            .iter()
+            .any(|s| s.widths.is_empty() || s.widths.contains(&0))
+        {
+            return Err("every CNN stage needs at least one convolution, of positive width".into());
+        }
+        if self.kernel_size.is_multiple_of(2) {
+            return Err(format!("kernel_size must be odd, got {}", self.kernel_size));
+        }
+        if self.in_channels == 0 || self.classes == 0 || self.head_hidden.contains(&0) {
+            return Err("a CNN needs positive in_channels, classes and head_hidden sizes".into());
+        }
+        let pools = self.stages.iter().filter(|s| s.pool).count();
+        if pools >= usize::BITS as usize || self.image_size >> pools == 0 {
+            return Err(format!(
+                "{pools} pooling stages are too many for a {}x{} input",
+                self.image_size, self.image_size
+            ));
+        }
+        if !(self.logit_scale.is_finite() && self.logit_scale > 0.0) {
+            return Err(format!(
+                "logit_scale must be a positive number, got {}",
+                self.logit_scale
+            ));
+        }
+        check_dropout(self.dropout)?;
+        self.activation.check()?;
+        self.init.check()
+    }
+}
 
 /// Configuration of a [`Cnn`].
 #[derive(Config, Debug, PartialEq)]
@@ -172,18 +214,12 @@ impl CnnConfig {
     }
 
     /// Builds the network on `device` (build it on an autodiff device to train it).
+    ///
+    /// Panics if the configuration is invalid ([`check`](Self::check)).
     pub fn init(&self, device: &Device) -> Cnn {
-        assert!(!self.stages.is_empty(), "a CNN needs at least one stage");
-        assert!(
-            self.kernel_size % 2 == 1,
-            "kernel_size must be odd, got {}",
-            self.kernel_size
-        );
-        assert!(
-            (0.0..1.0).contains(&self.dropout),
-            "dropout must be in [0, 1), got {}",
-            self.dropout
-        );
+        if let Err(e) = self.check() {
+            panic!("{e}");
+        }
         let block = |cin, cout| {
             ConvBlock::new(
                 cin,
@@ -199,10 +235,6 @@ impl CnnConfig {
         let mut size = self.image_size;
         let mut stages = Vec::with_capacity(self.stages.len());
         for stage in &self.stages {
-            assert!(
-                !stage.widths.is_empty(),
-                "every stage needs at least one convolution"
-            );
             let convs = stage
                 .widths
                 .iter()
@@ -213,12 +245,6 @@ impl CnnConfig {
                 })
                 .collect();
             if stage.pool {
-                assert!(
-                    size >= 2,
-                    "too many pooling stages for a {}x{} input",
-                    self.image_size,
-                    self.image_size
-                );
                 size /= 2;
             }
             let residual = if stage.residual {

@@ -42,6 +42,16 @@ pub enum Init {
 }
 
 impl Init {
+    /// Whether its parameter is in range: a finite, non-negative standard deviation.
+    pub fn check(&self) -> Result<(), String> {
+        match *self {
+            Init::Gaussian { std } if !(std.is_finite() && std >= 0.0) => Err(format!(
+                "--init gaussian:{std}: the standard deviation must be a finite number >= 0"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The lecture's "small random numbers": N(0, 0.01²).
     pub const SMALL: Init = Init::Gaussian { std: 0.01 };
     /// The lecture's "large" weights: N(0, 1).

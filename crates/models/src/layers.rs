@@ -31,10 +31,9 @@ impl DenseBlock {
         dropout: f64,
         device: &Device,
     ) -> Self {
-        assert!(
-            (0.0..1.0).contains(&dropout),
-            "dropout must be in [0, 1), got {dropout}"
-        );
+        if let Err(e) = check_dropout(dropout) {
+            panic!("{e}");
+        }
         let width = units * activation.width_multiplier();
         Self {
             linear: init.linear(inputs, width, device),
@@ -70,6 +69,15 @@ impl DenseBlock {
 
 /// Batch norm (if any), then the activation; pushes the values before and
 /// after the activation to `observed` when given.
+/// Whether `dropout` is a probability in `[0, 1)`.
+pub(crate) fn check_dropout(dropout: f64) -> Result<(), String> {
+    if (0.0..1.0).contains(&dropout) {
+        Ok(())
+    } else {
+        Err(format!("--dropout must be in [0, 1), got {dropout}"))
+    }
+}
+
 fn norm_then_activate<const D: usize>(
     x: Tensor<D>,
     norm: Option<&BatchNorm>,

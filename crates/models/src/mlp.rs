@@ -3,6 +3,7 @@
 use burn::nn::Linear;
 use burn::prelude::*;
 
+use crate::layers::check_dropout;
 use crate::layers::dense_stack;
 use crate::{ActivationConfig, DenseBlock, Init, LayerActivations};
 
@@ -42,15 +43,33 @@ pub struct Mlp {
 }
 
 impl MlpConfig {
+    /// Whether the configuration can be built: positive sizes, a dropout
+    /// in `[0, 1)`, valid activation and initialization parameters.
+    pub fn check(&self) -> Result<(), String> {
+        if self.input_size == 0 || self.classes == 0 {
+            return Err(format!(
+                "an MLP needs positive input_size and classes, got {} and {}",
+                self.input_size, self.classes
+            ));
+        }
+        if self.hidden_sizes.contains(&0) {
+            return Err(format!(
+                "--hidden sizes must be positive, got {:?}",
+                self.hidden_sizes
+            ));
+        }
+        check_dropout(self.dropout)?;
+        self.activation.check()?;
+        self.init.check()
+    }
+
     /// Builds the network on `device` (build it on an autodiff device to train it).
+    ///
+    /// Panics if the configuration is invalid ([`check`](Self::check)).
     pub fn init(&self, device: &Device) -> Mlp {
-        assert!(self.input_size > 0, "input_size must be positive");
-        assert!(self.classes > 0, "classes must be positive");
-        assert!(
-            self.hidden_sizes.iter().all(|&h| h > 0),
-            "hidden sizes must be positive, got {:?}",
-            self.hidden_sizes
-        );
+        if let Err(e) = self.check() {
+            panic!("{e}");
+        }
         let (hidden, inputs) = dense_stack(
             self.input_size,
             &self.hidden_sizes,

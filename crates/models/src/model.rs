@@ -92,6 +92,15 @@ fn expected_keys(made: &serde_json::Value, path: &str) -> String {
 }
 
 impl ModelConfig {
+    /// Whether the configuration can be built (see [`MlpConfig::check`] and
+    /// [`CnnConfig::check`]): what [`init`](Self::init) would panic on, as an error.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            ModelConfig::Mlp(c) => c.check(),
+            ModelConfig::Cnn(c) => c.check(),
+        }
+    }
+
     /// Builds the model on `device`.
     pub fn init(&self, device: &Device) -> Model {
         match self {

@@ -225,9 +225,37 @@ impl TrainConfig {
                 self.preprocess
             ));
         }
-        let dropout = self.model.dropout();
-        if !(0.0..1.0).contains(&dropout) {
-            return Err(format!("--dropout must be in [0, 1), got {dropout}"));
+        self.model.check()?;
+        // The network's input and output must fit the data.
+        let features = match self.preprocess {
+            Preprocessing::Pca { components } | Preprocessing::PcaWhiten { components, .. } => {
+                components
+            }
+            _ => cifar_data::IMAGE_BYTES,
+        };
+        match &self.model {
+            ModelConfig::Mlp(m) if m.input_size != features => {
+                return Err(format!(
+                    "the MLP takes {} inputs, but --preprocess {} gives {features}",
+                    m.input_size, self.preprocess
+                ));
+            }
+            ModelConfig::Cnn(c) if c.in_channels != 3 || c.image_size != 32 => {
+                return Err(format!(
+                    "the CNN takes {}x{}x{} images, but CIFAR-10 images are 3x32x32",
+                    c.in_channels, c.image_size, c.image_size
+                ));
+            }
+            _ => {}
+        }
+        let classes = match &self.model {
+            ModelConfig::Mlp(m) => m.classes,
+            ModelConfig::Cnn(c) => c.classes,
+        };
+        if classes != 10 {
+            return Err(format!(
+                "the network has {classes} outputs, but CIFAR-10 has 10 classes"
+            ));
         }
         Ok(())
     }

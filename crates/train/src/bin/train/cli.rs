@@ -557,3 +557,70 @@ impl TrainFlags {
         Ok(c)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Every `train fit` option that takes a value.
+    const VALUE_FLAGS: [&str; 24] = [
+        "--backend",
+        "--device",
+        "--model",
+        "--hidden",
+        "--channels",
+        "--activation",
+        "--init",
+        "--batch-norm",
+        "--dropout",
+        "--preprocess",
+        "--augment",
+        "--optimizer",
+        "--lr",
+        "--momentum",
+        "--weight-decay",
+        "--lr-schedule",
+        "--warmup",
+        "--epochs",
+        "--batch-size",
+        "--seed",
+        "--train-size",
+        "--val-size",
+        "--until-epoch",
+        "--checkpoint-every",
+    ];
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        /// Any text for any flag: a config, or an error that names the flag.
+        #[test]
+        fn any_text_for_any_flag(
+            flag in proptest::sample::select(&VALUE_FLAGS[..]),
+            value in prop_oneof![".{0,16}", "-?[0-9.e]{1,8}", "[a-z:-]{1,12}(:[-0-9.e]{1,6})?", "[0-9,]{0,12}"],
+        ) {
+            let args = ["train", "fit", flag, value.as_str()];
+            match Cli::try_parse_from(args) {
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+                Ok(Cli { command: Command::Fit(fit) }) => {
+                    if let Err(e) = fit.flags.to_config(None) {
+                        let message = format!("{e:#}");
+                        let name = flag.trim_start_matches("--");
+                        prop_assert!(message.contains(name) || message.contains("--"), "{flag} {value:?}: {message}");
+                    }
+                }
+                Ok(_) => prop_assert!(false, "parsed as another command"),
+            }
+        }
+    }
+}
