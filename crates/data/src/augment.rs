@@ -124,4 +124,50 @@ mod tests {
         );
         assert!(outs.windows(2).any(|w| w[0] != w[1]));
     }
+
+    /// torchvision's `RandomCrop(32, padding=4)` then `RandomHorizontalFlip`,
+    /// written out directly: pad with zeros to 40x40, crop at `(oy, ox)`,
+    /// mirror if `flip`.
+    fn reference(src: &[f32], oy: usize, ox: usize, flip: bool) -> Vec<f32> {
+        let mut out = vec![0.0; src.len()];
+        for c in 0..3 {
+            for y in 0..32 {
+                for x in 0..32 {
+                    let (py, px) = (y + oy, if flip { 31 - x } else { x } + ox);
+                    let inside = (4..36).contains(&py) && (4..36).contains(&px);
+                    out[c * 1024 + y * 32 + x] = if inside {
+                        src[c * 1024 + (py - 4) * 32 + (px - 4)]
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_augmented_image_is_a_padded_crop_flipped_or_not_and_all_occur() {
+        // Distinct pixel values, so that each crop and flip is recognisable.
+        let src: Vec<f32> = (0..3 * 32 * 32).map(|v| v as f32 + 1.0).collect();
+        let aug = Augmentation::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut seen = std::collections::BTreeSet::new();
+        let mut out = vec![0.0; src.len()];
+        for _ in 0..2000 {
+            aug.apply(&src, &mut out, [3, 32, 32], &mut rng);
+            let found = (0..=8)
+                .flat_map(|oy| (0..=8).flat_map(move |ox| [(oy, ox, false), (oy, ox, true)]))
+                .find(|&(oy, ox, flip)| reference(&src, oy, ox, flip) == out);
+            let transform = found.expect("the output is no padded crop of the input");
+            seen.insert(transform);
+        }
+        // 9 x 9 offsets x 2 flips, each drawn with probability 1/162.
+        assert_eq!(
+            seen.len(),
+            162,
+            "only {} of 162 crops and flips seen",
+            seen.len()
+        );
+    }
 }

@@ -777,6 +777,54 @@ mod tests {
     }
 
     #[test]
+    fn zca_whitens_the_covariance() {
+        // ZCA maps the covariance C = U diag(S) Uᵀ to U diag(S / (S + eps)) Uᵀ:
+        // identity on the directions the data spans (S >> eps), zero
+        // elsewhere. With 100 images the whitened covariance has rank 99; its
+        // nonzero eigenvalues equal those of the 100 x 100 Gram matrix
+        // G = Xw Xwᵀ / n, so trace(G) = Σ S/(S+eps) and ||G||² = Σ (S/(S+eps))².
+        // An identity transform would leave trace(G) = Σ S instead.
+        let set = synthetic(100, 7);
+        let epsilon = 1e-4;
+        let fitted = Preprocessing::Zca { epsilon }.fit(&set).unwrap();
+        let f = fitted.transform(&set);
+        let n = 100;
+        let rows: Vec<&[f32]> = f.values.chunks_exact(IMAGE_BYTES).collect();
+        let mut gram = vec![0f64; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                let dot: f64 = rows[i]
+                    .iter()
+                    .zip(rows[j])
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum();
+                gram[i * n + j] = dot / n as f64;
+            }
+        }
+        let trace: f64 = (0..n).map(|i| gram[i * n + i]).sum();
+        let frobenius: f64 = gram.iter().map(|g| g * g).sum();
+        let mu: Vec<f64> = fitted
+            .eigenvalues
+            .iter()
+            .map(|&s| s.max(0.0) / (s.max(0.0) + epsilon))
+            .collect();
+        let expected_trace: f64 = mu.iter().sum();
+        let expected_frobenius: f64 = mu.iter().map(|m| m * m).sum();
+        assert!(
+            (trace / expected_trace - 1.0).abs() < 1e-3,
+            "{trace} vs {expected_trace}"
+        );
+        assert!(
+            (frobenius / expected_frobenius - 1.0).abs() < 2e-3,
+            "{frobenius} vs {expected_frobenius}"
+        );
+        // Whitened: nearly all of the 99 directions have unit variance.
+        let whitened = mu.iter().filter(|&&m| m > 0.9).count();
+        assert!(whitened >= 90, "only {whitened} directions whitened");
+        assert!((trace - 99.0).abs() < 10.0, "trace {trace}");
+    }
+
+    #[test]
     fn save_and_load_round_trip() {
         let set = synthetic(50, 8);
         let dir = tempfile::tempdir().unwrap();

@@ -299,6 +299,68 @@ mod tests {
     }
 
     #[test]
+    fn zeros_give_every_unit_of_a_layer_the_same_gradient() {
+        // The lecture's symmetry problem, in the gradients: with all-zero
+        // weights every hidden unit computes the same value (sigmoid(0) =
+        // 0.5), so each gets the same gradient, the update keeps them equal,
+        // and the layer never learns more than one feature.
+        let device = Device::flex().autodiff();
+        let mlp = crate::MlpConfig::new()
+            .with_input_size(20)
+            .with_hidden_sizes(vec![8])
+            .with_activation(crate::ActivationConfig::Sigmoid)
+            .with_init(Init::Zeros)
+            .init(&device);
+        let x = Tensor::<2>::random(
+            [16, 20],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let targets =
+            Tensor::<1, Int>::from_data([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5], &device);
+        let loss = burn::nn::loss::CrossEntropyLossConfig::new()
+            .init(&device)
+            .forward(mlp.forward(x), targets);
+        let grads = loss.backward();
+        let rows = |t: Tensor<2>| -> Vec<Vec<f32>> {
+            let [rows, cols] = t.dims();
+            let v = t.into_data().try_into_vec_as::<f32>().unwrap();
+            (0..rows)
+                .map(|r| v[r * cols..(r + 1) * cols].to_vec())
+                .collect()
+        };
+        // Output weights are [hidden, classes]: one row per hidden unit,
+        // all equal and not zero.
+        let output = rows(mlp.output.weight.val().grad(&grads).unwrap());
+        assert!(output[0].iter().any(|&g| g.abs() > 1e-4), "{:?}", output[0]);
+        assert!(output.iter().all(|r| r == &output[0]), "{output:?}");
+        // Hidden weights are [inputs, hidden]: within each row, every unit's
+        // gradient is the same.
+        let hidden = rows(mlp.hidden[0].linear.weight.val().grad(&grads).unwrap());
+        for r in &hidden {
+            assert!(r.iter().all(|&g| g == r[0]), "{r:?}");
+        }
+        // With He initialization the units differ from the first step.
+        let he = crate::MlpConfig::new()
+            .with_input_size(20)
+            .with_hidden_sizes(vec![8])
+            .init(&device);
+        let x = Tensor::<2>::random(
+            [16, 20],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let t =
+            Tensor::<1, Int>::from_data([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5], &device);
+        let grads = burn::nn::loss::CrossEntropyLossConfig::new()
+            .init(&device)
+            .forward(he.forward(x), t)
+            .backward();
+        let output = rows(he.output.weight.val().grad(&grads).unwrap());
+        assert!(output.iter().any(|r| r != &output[0]));
+    }
+
+    #[test]
     fn zeros_makes_every_unit_identical() {
         // The symmetry problem: with all-zero weights every unit of a layer
         // computes the same output, whatever the input.

@@ -55,13 +55,25 @@ fn large_weights_saturate_tanh() {
 }
 
 #[test]
-fn xavier_keeps_tanh_in_range() {
-    let s = stds(&layer_stats(ActivationConfig::Tanh, Init::Xavier));
-    let (lo, hi) = s
-        .iter()
-        .fold((f64::MAX, 0f64), |(a, b), &v| (a.min(v), b.max(v)));
-    assert!(lo > 0.1 && hi < 1.0, "{s:?}");
-    assert!(hi / lo < 10.0, "{s:?}");
+fn xavier_keeps_tanh_activations_nicely_scaled() {
+    // The lecture's claim: with Xavier, every layer's activations stay
+    // spread out, neither collapsing to zero (as with small weights, which
+    // shrink the std by 0.22 a layer) nor saturating (as with large ones).
+    // Measured here: std 0.63 in the first layer, 0.23 in the tenth.
+    let stats = layer_stats(ActivationConfig::Tanh, Init::Xavier);
+    let s = stds(&stats);
+    assert!(s.iter().all(|&v| v > 0.2), "{s:?}");
+    for w in s.windows(2) {
+        let ratio = w[1] / w[0];
+        assert!(ratio > 0.75, "ratio {ratio}: the std collapses, {s:?}");
+    }
+    for (i, st) in stats.iter().enumerate() {
+        assert!(
+            st.saturated_fraction < 0.02,
+            "layer {i}: {} saturated",
+            st.saturated_fraction
+        );
+    }
 }
 
 #[test]
