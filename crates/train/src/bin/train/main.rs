@@ -6,6 +6,11 @@ mod commands;
 use clap::Parser;
 use cli::{Cli, Command};
 
+/// mimalloc keeps freed buffers for reuse, where glibc returns large ones to
+/// the system and takes page faults to get them back (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     // `train ... | head` closes the pipe early: end quietly rather than panic.
     let default_hook = std::panic::take_hook();
