@@ -1,0 +1,99 @@
+//! Where a training step of the small CNN (conv32-pool-conv64-pool-fc,
+//! batch 128) spends its time on flex: each operation's forward, and its
+//! forward plus backward, timed alone on the step's shapes.
+//!
+//! `cargo run --release -p cifar-train --example profile_small_cnn`
+
+use std::time::Instant;
+
+use burn::nn::conv::Conv2dConfig;
+use burn::nn::pool::MaxPool2dConfig;
+use burn::nn::{LinearConfig, PaddingConfig2d};
+use burn::prelude::*;
+
+/// The `train` binary's allocator, so the times match its steps.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Median milliseconds of `reps` runs of `f`, after 2 unmeasured ones.
+fn median_ms(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    f();
+    let mut times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[reps / 2]
+}
+
+/// Times `op` on an input of `shape`: forward alone, then forward and backward.
+fn profile(name: &str, shape: [usize; 4], op: impl Fn(Tensor<4>) -> Tensor<4>) -> (f64, f64) {
+    let device = Device::flex().autodiff();
+    let x = Tensor::<4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let forward = median_ms(7, || {
+        let _ = op(x.clone()).sum().into_scalar::<f32>();
+    });
+    let both = median_ms(7, || {
+        let x = x.clone().require_grad();
+        let _ = op(x.clone()).sum().backward();
+    });
+    println!(
+        "{name:<34} forward {forward:7.2} ms   backward {:7.2} ms   total {both:7.2} ms",
+        both - forward
+    );
+    (forward, both)
+}
+
+fn main() {
+    let device = Device::flex().autodiff();
+    let n = 128;
+    let conv = |cin, cout| {
+        Conv2dConfig::new([cin, cout], [3, 3])
+            .with_padding(PaddingConfig2d::Same)
+            .init(&device)
+    };
+    let conv1 = conv(3, 32);
+    let conv2 = conv(32, 64);
+    let pool = MaxPool2dConfig::new([2, 2]).init();
+    let fc = LinearConfig::new(64 * 8 * 8, 10).init(&device);
+    println!("small CNN, batch {n}, flex, {} threads", rayon_threads());
+    let mut total = 0.0;
+    total += profile("conv 3->32 (32x32)", [n, 3, 32, 32], |x| conv1.forward(x)).1;
+    total += profile(
+        "relu (32x32x32)",
+        [n, 32, 32, 32],
+        burn::tensor::activation::relu,
+    )
+    .1;
+    total += profile("max pool 2x2 (32x32x32)", [n, 32, 32, 32], |x| {
+        pool.forward(x)
+    })
+    .1;
+    total += profile("conv 32->64 (16x16)", [n, 32, 16, 16], |x| conv2.forward(x)).1;
+    total += profile(
+        "relu (64x16x16)",
+        [n, 64, 16, 16],
+        burn::tensor::activation::relu,
+    )
+    .1;
+    total += profile("max pool 2x2 (64x16x16)", [n, 64, 16, 16], |x| {
+        pool.forward(x)
+    })
+    .1;
+    total += profile("linear 4096->10", [n, 64, 8, 8], |x| {
+        fc.forward(x.flatten::<2>(1, 3)).unsqueeze::<4>()
+    })
+    .1;
+    println!(
+        "sum of the operations: {total:.1} ms a step = {:.0} img/s",
+        n as f64 / total * 1e3
+    );
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
