@@ -89,8 +89,6 @@ impl FromStr for Preprocessing {
     /// Parses `none`, `mean-image`, `channel-mean`, `standardize`, `pca:K`,
     /// `pca-whiten:K[:EPS]` or `zca[:EPS]`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        const EXPECTED: &str = "expected none, mean-image, channel-mean, standardize, pca:K, \
-                                pca-whiten:K[:EPS] or zca[:EPS]";
         let mut parts = s.split(':');
         let name = parts.next().unwrap_or_default();
         let args: Vec<&str> = parts.collect();
@@ -130,7 +128,12 @@ impl FromStr for Preprocessing {
                 epsilon: epsilon(args.first())?,
             },
             ("pca" | "pca-whiten", 0) => return Err(components(&args).unwrap_err()),
-            _ => return Err(format!("unknown preprocessing '{s}': {EXPECTED}")),
+            _ => {
+                return Err(format!(
+                    "unknown preprocessing '{s}': expected {}",
+                    Self::SPELLINGS
+                ));
+            }
         };
         Ok(method)
     }
@@ -194,6 +197,10 @@ pub struct FittedPreprocessing {
 }
 
 impl Preprocessing {
+    /// How methods are written, for `--help` and errors alike.
+    pub const SPELLINGS: &'static str = "none, mean-image, channel-mean, standardize, pca:K, \
+        pca-whiten:K[:EPS] or zca[:EPS]";
+
     /// Fits this method on `train`: the statistics come from these images alone.
     pub fn fit(&self, train: &ImageSet) -> Result<FittedPreprocessing, DataError> {
         if train.is_empty() {

@@ -51,6 +51,10 @@ pub enum ActivationConfig {
 }
 
 impl ActivationConfig {
+    /// How activations are written, for `--help` and errors alike.
+    pub const SPELLINGS: &'static str = "sigmoid, tanh, relu, leaky-relu[:SLOPE], \
+        prelu[:INITIAL], prelu-shared[:INITIAL], elu[:ALPHA], maxout[:PIECES], gelu or silu";
+
     /// Whether its parameters are in range: a finite, non-negative slope,
     /// alpha or initial value, and at least 2 Maxout pieces.
     pub fn check(&self) -> Result<(), String> {
@@ -234,8 +238,8 @@ impl FromStr for ActivationConfig {
                 Ok(ActivationConfig::Maxout { pieces })
             }
             _ => Err(format!(
-                "unknown activation '{s}': expected sigmoid, tanh, relu, leaky-relu[:SLOPE], \
-                 prelu[:INITIAL], prelu-shared[:INITIAL], elu[:ALPHA], maxout[:PIECES], gelu or silu"
+                "unknown activation '{s}': expected {}",
+                Self::SPELLINGS
             )),
         }
     }

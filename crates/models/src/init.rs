@@ -42,6 +42,10 @@ pub enum Init {
 }
 
 impl Init {
+    /// How initializations are written, for `--help` and errors alike.
+    pub const SPELLINGS: &'static str = "zeros, small (N(0, 0.01²)), large (N(0, 1)), \
+        gaussian:STD, xavier, he, glorot-uniform or kaiming-uniform";
+
     /// Whether its parameter is in range: a finite, non-negative standard deviation.
     pub fn check(&self) -> Result<(), String> {
         match *self {
@@ -215,10 +219,7 @@ impl FromStr for Init {
                         })?,
                 },
                 None => {
-                    return Err(format!(
-                        "unknown init '{s}': expected zeros, small, large, gaussian:STD, xavier, \
-                         he, glorot-uniform or kaiming-uniform"
-                    ));
+                    return Err(format!("unknown init '{s}': expected {}", Self::SPELLINGS));
                 }
             },
         })

@@ -116,11 +116,9 @@ pub struct TrainFlags {
     /// CNN stage widths, comma-separated: two 3x3 convs and a 2x2 max pool per stage (e.g. 32,64,128)
     #[arg(long, value_delimiter = ',', value_name = "WIDTHS")]
     pub channels: Option<Vec<usize>>,
-    /// sigmoid, tanh, relu, leaky-relu[:SLOPE], prelu, prelu-shared, elu[:ALPHA], maxout[:PIECES], gelu, silu
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", help = format!("{} [default: relu]", ActivationConfig::SPELLINGS))]
     pub activation: Option<ActivationConfig>,
-    /// zeros, small (N(0, 0.01²)), large (N(0, 1)), gaussian:STD, xavier, he, glorot-uniform, kaiming-uniform
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", help = format!("{} [default: he]", Init::SPELLINGS))]
     pub init: Option<Init>,
     /// Batch norm between each affine/conv layer and its activation (`--batch-norm` alone means true)
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
@@ -128,8 +126,7 @@ pub struct TrainFlags {
     /// Dropout probability
     #[arg(long, value_name = "P")]
     pub dropout: Option<f64>,
-    /// none, mean-image, channel-mean, standardize, pca:K, pca-whiten:K[:EPS], zca[:EPS] [default: standardize]
-    #[arg(long, value_name = "METHOD")]
+    #[arg(long, value_name = "METHOD", help = format!("{} [default: standardize]", Preprocessing::SPELLINGS))]
     pub preprocess: Option<Preprocessing>,
     /// Random crop (4-pixel padding) and horizontal flip of training images (`--augment` alone means true) [default: true]
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]

@@ -256,7 +256,8 @@ pub fn fit_command(args: &FitArgs) -> Result<()> {
             "note: --warmup {} is capped at a fifth of the {} epochs: {} epochs of warmup",
             config.warmup,
             config.epochs,
-            config.effective_warmup()
+            // 0.6, not 0.6000000000000001.
+            (config.effective_warmup() * 1e6).round() / 1e6
         ));
     }
     progress.line(&format!(
