@@ -61,6 +61,17 @@ fn main() {
     let pool = MaxPool2dConfig::new([2, 2]).init();
     let fc = LinearConfig::new(64 * 8 * 8, 10).init(&device);
     println!("small CNN, batch {n}, flex, {} threads", rayon_threads());
+    if std::env::args().any(|a| a == "--pool") {
+        for shape in [[n, 32, 32, 32], [n, 64, 16, 16]] {
+            profile("burn-flex max pool 2x2", shape, |x| pool.forward(x));
+            profile(
+                "cifar-kernels max pool 2x2",
+                shape,
+                cifar_kernels::max_pool_2x2,
+            );
+        }
+        return;
+    }
     let mut total = 0.0;
     total += profile("conv 3->32 (32x32)", [n, 3, 32, 32], |x| conv1.forward(x)).1;
     total += profile(

@@ -1,0 +1,14 @@
+//! Faster CPU kernels for Burn's flex backend, plugged in through Burn's
+//! backend extensions (no fork of Burn): a trait marked
+//! `#[backend_extension(Flex, Autodiff)]`, implemented on flex's raw
+//! buffers, with an `Autodiff` implementation that records the backward pass.
+//!
+//! The public functions ([`max_pool_2x2`]) take and return ordinary
+//! tensors: on flex (plain or autodiff) they run the kernel, on every other
+//! backend Burn's own operation, so models stay portable and results agree.
+//!
+//! Measured in the project's BENCHMARKS.md ("CPU speed").
+
+mod pool;
+
+pub use pool::{PoolKernels, max_pool_2x2};

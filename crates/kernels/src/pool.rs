@@ -1,0 +1,228 @@
+//! 2x2 max pooling with stride 2, the pooling of every VGG-style stage.
+//!
+//! burn-flex runs 2D pooling through its general 3D kernel (window ranges
+//! and 64-bit indices worked out per output); this one reads the four
+//! values of each window directly, one image plane per task.
+
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{Autodiff, AutodiffBackend, Backend, Dispatch, Flex, backend_extension};
+use burn::prelude::*;
+use burn::tensor::DType;
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
+
+/// 2x2 max pooling, stride 2, as a backend extension.
+#[backend_extension(Flex, Autodiff)]
+pub trait PoolKernels: Backend {
+    /// `[N, C, H, W] -> [N, C, H/2, W/2]`.
+    fn max_pool_2x2(x: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// The pooled tensor and, for each output, the index of its maximum in
+    /// its input plane (`y * W + x`), as Burn's max-pool backward takes them.
+    fn max_pool_2x2_with_indices(x: FloatTensor<Self>) -> (FloatTensor<Self>, IntTensor<Self>);
+}
+
+/// 2x2 max pooling with stride 2 of `x`: the flex kernel on flex (with its
+/// backward on an autodiff device), Burn's `max_pool2d` elsewhere. The first
+/// maximum of a window wins ties, as in Burn.
+///
+/// # Shapes
+///
+/// - `x`: `[N, C, H, W]`
+/// - output: `[N, C, H / 2, W / 2]`
+pub fn max_pool_2x2(x: Tensor<4>) -> Tensor<4> {
+    let device = x.device();
+    let [_, _, h, w] = x.dims();
+    let on_flex = device == Device::flex() || device == Device::flex().autodiff();
+    if on_flex && h % 2 == 0 && w % 2 == 0 && x.dtype() == DType::F32 {
+        Tensor::from_dispatch(<Dispatch as PoolKernels>::max_pool_2x2(x.into_dispatch()))
+    } else {
+        burn::tensor::module::max_pool2d(x, burn::tensor::ops::MaxPoolOptions::new([2, 2]))
+    }
+}
+
+/// The kernel on one contiguous f32 tensor; indices only when asked.
+fn pool(x: FlexTensor, with_indices: bool) -> (FlexTensor, Option<FlexTensor>) {
+    let x = x.to_contiguous();
+    let shape = x.layout().shape().clone();
+    let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
+    let (oh, ow) = (h / 2, w / 2);
+    let src: &[f32] = x.storage();
+    let mut out = vec![0f32; n * c * oh * ow];
+    let mut idx = if with_indices {
+        vec![0i64; n * c * oh * ow]
+    } else {
+        Vec::new()
+    };
+    let plane = |p: usize, out: &mut [f32], idx: &mut [i64]| {
+        let s = &src[p * h * w..(p + 1) * h * w];
+        for y in 0..oh {
+            let (r0, r1) = (2 * y * w, (2 * y + 1) * w);
+            for x in 0..ow {
+                // Window order (0,0), (0,1), (1,0), (1,1); the first maximum
+                // wins, a NaN always wins (as in burn-flex and PyTorch).
+                let cells = [r0 + 2 * x, r0 + 2 * x + 1, r1 + 2 * x, r1 + 2 * x + 1];
+                let mut best = cells[0];
+                for &cell in &cells[1..] {
+                    if s[cell] > s[best] || s[cell].is_nan() {
+                        best = cell;
+                    }
+                }
+                out[y * ow + x] = s[best];
+                if !idx.is_empty() {
+                    idx[y * ow + x] = best as i64;
+                }
+            }
+        }
+    };
+    // Tasks of whole planes, about 16k outputs each: small enough to spread
+    // over the cores, large enough that scheduling costs nothing.
+    let per_plane = oh * ow;
+    let planes = (16384 / per_plane.max(1)).max(1);
+    let task = per_plane * planes;
+    if with_indices {
+        out.par_chunks_mut(task)
+            .zip(idx.par_chunks_mut(task))
+            .enumerate()
+            .for_each(|(t, (o, i))| {
+                for (k, (o, i)) in o
+                    .chunks_mut(per_plane)
+                    .zip(i.chunks_mut(per_plane))
+                    .enumerate()
+                {
+                    plane(t * planes + k, o, i);
+                }
+            });
+    } else {
+        out.par_chunks_mut(task).enumerate().for_each(|(t, o)| {
+            for (k, o) in o.chunks_mut(per_plane).enumerate() {
+                plane(t * planes + k, o, &mut []);
+            }
+        });
+    }
+    let dims = [n, c, oh, ow];
+    let output = FlexTensor::from_data(TensorData::new(out, dims));
+    let indices = with_indices.then(|| FlexTensor::from_data(TensorData::new(idx, dims)));
+    (output, indices)
+}
+
+impl PoolKernels for Flex {
+    fn max_pool_2x2(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        pool(x, false).0
+    }
+
+    fn max_pool_2x2_with_indices(x: FloatTensor<Self>) -> (FloatTensor<Self>, IntTensor<Self>) {
+        let (output, indices) = pool(x, true);
+        (output, indices.expect("indices were asked for"))
+    }
+}
+
+impl<B: Backend + PoolKernels, C: CheckpointStrategy> PoolKernels for Autodiff<B, C> {
+    fn max_pool_2x2(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        /// The backward pass: each output's gradient goes to its window's maximum.
+        #[derive(Debug)]
+        struct MaxPool2x2;
+
+        impl<B: Backend> Backward<B, 1> for MaxPool2x2 {
+            type State = (FloatTensor<B>, IntTensor<B>);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let (x, indices) = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                    B::max_pool2d_with_indices_backward(
+                        x,
+                        [2, 2],
+                        [2, 2],
+                        [0, 0],
+                        [1, 1],
+                        false,
+                        grad,
+                        indices,
+                    )
+                    .x_grad
+                });
+            }
+        }
+
+        let node = x.node();
+        match MaxPool2x2.prepare::<C>([node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let input = x.into_primitive();
+                let (output, indices) = B::max_pool_2x2_with_indices(input.clone());
+                prep.finish((input, indices), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::max_pool_2x2(x.into_primitive())),
+        }
+    }
+
+    fn max_pool_2x2_with_indices(x: FloatTensor<Self>) -> (FloatTensor<Self>, IntTensor<Self>) {
+        // Not differentiable itself: the autodiff path above uses the inner backend's.
+        let (output, indices) = B::max_pool_2x2_with_indices(x.into_primitive());
+        (<Self as AutodiffBackend>::from_inner(output), indices)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Inputs with exact ties (ReLU zeros) and distinct values.
+    fn input(device: &Device) -> Tensor<4> {
+        let x = Tensor::<4>::random(
+            [3, 5, 8, 6],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            device,
+        );
+        burn::tensor::activation::relu(x)
+    }
+
+    fn burn_pool(x: Tensor<4>) -> Tensor<4> {
+        burn::tensor::module::max_pool2d(x, burn::tensor::ops::MaxPoolOptions::new([2, 2]))
+    }
+
+    #[test]
+    fn forward_and_gradient_equal_burns_max_pool() {
+        let device = Device::flex().autodiff();
+        device.seed(5);
+        let x = input(&device).require_grad();
+        // A gradient that differs per output, so misrouting shows.
+        let weights =
+            Tensor::<4>::random([3, 5, 4, 3], burn::tensor::Distribution::Default, &device);
+        let ours = max_pool_2x2(x.clone());
+        let reference = burn_pool(x.clone());
+        ours.clone()
+            .into_data()
+            .assert_eq(&reference.clone().into_data(), true);
+        let g_ours = (ours * weights.clone()).sum().backward();
+        let g_ref = (reference * weights).sum().backward();
+        x.grad(&g_ours)
+            .unwrap()
+            .into_data()
+            .assert_eq(&x.grad(&g_ref).unwrap().into_data(), true);
+        // On a plain flex device too, without indices.
+        let plain = Device::flex();
+        let y = input(&plain);
+        max_pool_2x2(y.clone())
+            .into_data()
+            .assert_eq(&burn_pool(y).into_data(), true);
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn other_backends_use_burns_operation() {
+        let device = Device::ndarray();
+        let x = input(&device);
+        max_pool_2x2(x.clone())
+            .into_data()
+            .assert_eq(&burn_pool(x).into_data(), true);
+    }
+}
