@@ -2,7 +2,9 @@
 //! batch 128) spends its time on flex: each operation's forward, and its
 //! forward plus backward, timed alone on the step's shapes.
 //!
-//! `cargo run --release -p cifar-train --example profile_small_cnn`
+//! `cargo run --release -p cifar-train --example profile_small_cnn`; add
+//! `-- --pool` to compare the max-pool kernels, `-- --batch-norm` for the
+//! default CNN's batch norms.
 
 use std::time::Instant;
 
@@ -61,6 +63,18 @@ fn main() {
     let pool = MaxPool2dConfig::new([2, 2]).init();
     let fc = LinearConfig::new(64 * 8 * 8, 10).init(&device);
     println!("small CNN, batch {n}, flex, {} threads", rayon_threads());
+    if std::env::args().any(|a| a == "--batch-norm") {
+        // The default CNN's batch norms (training mode: batch statistics).
+        for (c, size) in [(32, 32), (64, 16), (128, 8)] {
+            let norm = burn::nn::BatchNormConfig::new(c).init(&device);
+            profile(
+                &format!("batch norm {c}x{size}x{size}"),
+                [n, c, size, size],
+                |x| norm.forward(x),
+            );
+        }
+        return;
+    }
     if std::env::args().any(|a| a == "--pool") {
         for shape in [[n, 32, 32, 32], [n, 64, 16, 16]] {
             profile("burn-flex max pool 2x2", shape, |x| pool.forward(x));
