@@ -60,21 +60,43 @@ fn pool(x: FlexTensor, with_indices: bool) -> (FlexTensor, Option<FlexTensor>) {
     };
     let plane = |p: usize, out: &mut [f32], idx: &mut [i64]| {
         let s = &src[p * h * w..(p + 1) * h * w];
-        for y in 0..oh {
-            let (r0, r1) = (2 * y * w, (2 * y + 1) * w);
-            for x in 0..ow {
-                // Window order (0,0), (0,1), (1,0), (1,1); the first maximum
-                // wins, a NaN always wins (as in burn-flex and PyTorch).
-                let cells = [r0 + 2 * x, r0 + 2 * x + 1, r1 + 2 * x, r1 + 2 * x + 1];
-                let mut best = cells[0];
-                for &cell in &cells[1..] {
-                    if s[cell] > s[best] || s[cell].is_nan() {
-                        best = cell;
-                    }
+        for (y, (rows, out_row)) in s
+            .chunks_exact(2 * w)
+            .zip(out.chunks_exact_mut(ow))
+            .enumerate()
+        {
+            let (top, bottom) = rows.split_at(w);
+            // Window order (0,0), (0,1), (1,0), (1,1); the first maximum
+            // wins, a NaN always wins (as in burn-flex and PyTorch).
+            let pick = |best: (f32, usize), v: f32, k: usize| {
+                if v > best.0 || v.is_nan() {
+                    (v, k)
+                } else {
+                    best
                 }
-                out[y * ow + x] = s[best];
-                if !idx.is_empty() {
-                    idx[y * ow + x] = best as i64;
+            };
+            if idx.is_empty() {
+                for ((o, t), b) in out_row
+                    .iter_mut()
+                    .zip(top.chunks_exact(2))
+                    .zip(bottom.chunks_exact(2))
+                {
+                    let m = pick(pick(pick((t[0], 0), t[1], 1), b[0], 2), b[1], 3);
+                    *o = m.0;
+                }
+            } else {
+                let idx_row = &mut idx[y * ow..(y + 1) * ow];
+                for (x, (((o, i), t), b)) in out_row
+                    .iter_mut()
+                    .zip(idx_row.iter_mut())
+                    .zip(top.chunks_exact(2))
+                    .zip(bottom.chunks_exact(2))
+                    .enumerate()
+                {
+                    let (v, k) = pick(pick(pick((t[0], 0), t[1], 1), b[0], 2), b[1], 3);
+                    *o = v;
+                    let (dy, dx) = (k / 2, k % 2);
+                    *i = ((2 * y + dy) * w + 2 * x + dx) as i64;
                 }
             }
         }
