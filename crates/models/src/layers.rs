@@ -67,8 +67,6 @@ impl DenseBlock {
     }
 }
 
-/// Batch norm (if any), then the activation; pushes the values before and
-/// after the activation to `observed` when given.
 /// Whether `dropout` is a probability in `[0, 1)`.
 pub(crate) fn check_dropout(dropout: f64) -> Result<(), String> {
     if (0.0..1.0).contains(&dropout) {
@@ -78,6 +76,39 @@ pub(crate) fn check_dropout(dropout: f64) -> Result<(), String> {
     }
 }
 
+/// `norm` applied to `x`, as `BatchNorm::forward` does: on 4-D activations
+/// in training mode through the fused kernel of `cifar_kernels` (on flex;
+/// Burn's own operation elsewhere), with the running statistics updated as
+/// Burn updates them.
+fn batch_norm<const D: usize>(norm: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
+    if D != 4 || !(x.device().is_autodiff() && norm.training.is_enabled()) {
+        return norm.forward(x);
+    }
+    let device = x.device();
+    let dims = x.dims();
+    let d: Vec<usize> = dims.to_vec();
+    let r = cifar_kernels::batch_norm_train(
+        x.reshape([d[0], d[1], d[2], d[3]]),
+        norm.gamma.val(),
+        norm.beta.val(),
+        norm.epsilon,
+    );
+    let update = |running: Tensor<1>, batch: Tensor<1>| {
+        running
+            .to_device(&device)
+            .mul_scalar(1.0 - norm.momentum)
+            .add(batch.detach().mul_scalar(norm.momentum))
+            .detach()
+    };
+    norm.running_mean
+        .update(update(norm.running_mean.value_sync(), r.mean));
+    norm.running_var
+        .update(update(norm.running_var.value_sync(), r.variance));
+    r.output.reshape(dims)
+}
+
+/// Batch norm (if any), then the activation; pushes the values before and
+/// after the activation to `observed` when given.
 fn norm_then_activate<const D: usize>(
     x: Tensor<D>,
     norm: Option<&BatchNorm>,
@@ -85,7 +116,7 @@ fn norm_then_activate<const D: usize>(
     observed: Option<(&mut Vec<LayerActivations>, String)>,
 ) -> Tensor<D> {
     let x = match norm {
-        Some(norm) => norm.forward(x),
+        Some(norm) => batch_norm(norm, x),
         None => x,
     };
     let pre = observed.is_some().then(|| x.clone());

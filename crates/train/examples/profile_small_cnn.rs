@@ -68,9 +68,17 @@ fn main() {
         for (c, size) in [(32, 32), (64, 16), (128, 8)] {
             let norm = burn::nn::BatchNormConfig::new(c).init(&device);
             profile(
-                &format!("batch norm {c}x{size}x{size}"),
+                &format!("burn batch norm {c}x{size}x{size}"),
                 [n, c, size, size],
                 |x| norm.forward(x),
+            );
+            profile(
+                &format!("fused batch norm {c}x{size}x{size}"),
+                [n, c, size, size],
+                |x| {
+                    cifar_kernels::batch_norm_train(x, norm.gamma.val(), norm.beta.val(), 1e-5)
+                        .output
+                },
             );
         }
         return;

@@ -1,0 +1,371 @@
+//! Batch normalization in training mode (batch statistics), fused: one pass
+//! for the mean, one for the variance and one for the output, and two for
+//! the backward pass, where Burn's default composes a dozen tensor
+//! operations, each a pass over the activation and a fresh buffer.
+
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, AutodiffBackend, Backend, Dispatch, Flex, backend_extension};
+use burn::prelude::*;
+use burn::tensor::DType;
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
+
+/// Batch normalization with batch statistics, as a backend extension.
+#[backend_extension(Flex, Autodiff)]
+pub trait NormKernels: Backend {
+    /// The normalized output, and the per-channel mean and biased variance.
+    fn fused_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// The gradients of the input, `gamma` and `beta`.
+    fn fused_batch_norm_train_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// The output of [`batch_norm_train`].
+pub struct BatchNormTrained {
+    /// The normalized, scaled and shifted input.
+    pub output: Tensor<4>,
+    /// The per-channel batch mean.
+    pub mean: Tensor<1>,
+    /// The per-channel biased batch variance.
+    pub variance: Tensor<1>,
+}
+
+/// Batch normalization of `x` with its batch statistics: the fused kernel
+/// on flex, Burn's `batch_norm_train` elsewhere.
+///
+/// # Shapes
+///
+/// - `x`: `[N, C, H, W]`; `gamma`, `beta`: `[C]`
+/// - output: `[N, C, H, W]`; mean, variance: `[C]`
+pub fn batch_norm_train(
+    x: Tensor<4>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+) -> BatchNormTrained {
+    let device = x.device();
+    let on_flex = device == Device::flex() || device == Device::flex().autodiff();
+    if on_flex && x.dtype() == DType::F32 {
+        let (output, mean, variance) = <Dispatch as NormKernels>::fused_batch_norm_train(
+            x.into_dispatch(),
+            gamma.into_dispatch(),
+            beta.into_dispatch(),
+            epsilon,
+        );
+        BatchNormTrained {
+            output: Tensor::from_dispatch(output),
+            mean: Tensor::from_dispatch(mean),
+            variance: Tensor::from_dispatch(variance),
+        }
+    } else {
+        let r = burn::tensor::module::batch_norm_train(x, gamma, beta, epsilon);
+        BatchNormTrained {
+            output: r.output,
+            mean: r.mean,
+            variance: r.variance,
+        }
+    }
+}
+
+fn values(t: &FlexTensor) -> Vec<f32> {
+    t.to_contiguous().storage::<f32>().to_vec()
+}
+
+/// Per-channel sums over `[N, C, plane]` data of `f(value, channel)`.
+fn channel_sums(
+    data: &[f32],
+    channels: usize,
+    plane: usize,
+    f: impl Fn(f32, usize) -> f64 + Sync,
+) -> Vec<f64> {
+    (0..channels)
+        .into_par_iter()
+        .map(|c| {
+            data.chunks_exact(plane)
+                .skip(c)
+                .step_by(channels)
+                .map(|p| p.iter().map(|&v| f(v, c)).sum::<f64>())
+                .sum()
+        })
+        .collect()
+}
+
+fn tensor(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
+}
+
+impl NormKernels for Flex {
+    fn fused_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let x = x.to_contiguous();
+        let shape = x.layout().shape().clone();
+        let (n, c) = (shape[0], shape[1]);
+        let plane = shape.num_elements() / (n * c);
+        let m = (n * plane) as f64;
+        let data: &[f32] = x.storage();
+        let (gamma, beta) = (values(&gamma), values(&beta));
+        let mean: Vec<f64> = channel_sums(data, c, plane, |v, _| v as f64)
+            .into_iter()
+            .map(|s| s / m)
+            .collect();
+        let variance: Vec<f64> =
+            channel_sums(data, c, plane, |v, ch| (v as f64 - mean[ch]).powi(2))
+                .into_iter()
+                .map(|s| s / m)
+                .collect();
+        // y = x * scale + shift, per channel.
+        let scale: Vec<f32> = (0..c)
+            .map(|ch| (gamma[ch] as f64 / (variance[ch] + epsilon).sqrt()) as f32)
+            .collect();
+        let shift: Vec<f32> = (0..c)
+            .map(|ch| (beta[ch] as f64 - mean[ch] * scale[ch] as f64) as f32)
+            .collect();
+        let mut out = vec![0f32; data.len()];
+        out.par_chunks_mut(plane)
+            .zip(data.par_chunks(plane))
+            .enumerate()
+            .for_each(|(p, (o, x))| {
+                let (s, t) = (scale[p % c], shift[p % c]);
+                o.iter_mut().zip(x).for_each(|(o, &x)| *o = x * s + t);
+            });
+        let stat = |v: Vec<f64>| tensor(v.into_iter().map(|v| v as f32).collect(), &[c]);
+        (tensor(out, shape.as_slice()), stat(mean), stat(variance))
+    }
+
+    fn fused_batch_norm_train_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let x = x.to_contiguous();
+        let grad = grad.to_contiguous();
+        let shape = x.layout().shape().clone();
+        let (n, c) = (shape[0], shape[1]);
+        let plane = shape.num_elements() / (n * c);
+        let m = (n * plane) as f64;
+        let (xs, dy): (&[f32], &[f32]) = (x.storage(), grad.storage());
+        let (gamma, mean, variance) = (values(&gamma), values(&mean), values(&variance));
+        let inv_std: Vec<f64> = variance
+            .iter()
+            .map(|&v| 1.0 / (v as f64 + epsilon).sqrt())
+            .collect();
+        // Per channel: Σ dy and Σ dy * x̂, in one pass over both.
+        let sums: Vec<(f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mu, is) = (mean[ch] as f64, inv_std[ch]);
+                let mut sum = (0f64, 0f64);
+                for b in 0..n {
+                    let start = (b * c + ch) * plane;
+                    for (&x, &g) in xs[start..start + plane]
+                        .iter()
+                        .zip(&dy[start..start + plane])
+                    {
+                        sum.0 += g as f64;
+                        sum.1 += g as f64 * (x as f64 - mu) * is;
+                    }
+                }
+                sum
+            })
+            .collect();
+        // dx = γ/σ (dy - Σdy/M - x̂ Σ(dy x̂)/M)
+        let mut dx = vec![0f32; xs.len()];
+        dx.par_chunks_mut(plane)
+            .zip(xs.par_chunks(plane).zip(dy.par_chunks(plane)))
+            .enumerate()
+            .for_each(|(p, (o, (x, g)))| {
+                let ch = p % c;
+                let (mu, is) = (mean[ch] as f64, inv_std[ch]);
+                let k = gamma[ch] as f64 * is;
+                let (mean_dy, mean_dy_xhat) = (sums[ch].0 / m, sums[ch].1 / m);
+                for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+                    let xhat = (x as f64 - mu) * is;
+                    *o = (k * (g as f64 - mean_dy - xhat * mean_dy_xhat)) as f32;
+                }
+            });
+        let dgamma = sums.iter().map(|s| s.1 as f32).collect();
+        let dbeta = sums.iter().map(|s| s.0 as f32).collect();
+        (
+            tensor(dx, shape.as_slice()),
+            tensor(dgamma, &[c]),
+            tensor(dbeta, &[c]),
+        )
+    }
+}
+
+impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B, C> {
+    fn fused_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        /// The backward pass: the fused gradient kernel of the inner backend.
+        #[derive(Debug)]
+        struct FusedBatchNorm;
+
+        impl<B: Backend + NormKernels> Backward<B, 3> for FusedBatchNorm {
+            type State = (
+                FloatTensor<B>,
+                FloatTensor<B>,
+                FloatTensor<B>,
+                FloatTensor<B>,
+                f64,
+            );
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [node_x, node_gamma, node_beta] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, gamma, mean, variance, epsilon) = ops.state;
+                let (dx, dgamma, dbeta) =
+                    B::fused_batch_norm_train_backward(x, gamma, mean, variance, epsilon, grad);
+                if let Some(node) = node_x {
+                    grads.register::<B>(node.id, dx);
+                }
+                if let Some(node) = node_gamma {
+                    grads.register::<B>(node.id, dgamma);
+                }
+                if let Some(node) = node_beta {
+                    grads.register::<B>(node.id, dbeta);
+                }
+            }
+        }
+
+        let nodes = [x.node(), gamma.node(), beta.node()];
+        let lift = <Self as AutodiffBackend>::from_inner;
+        match FusedBatchNorm
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, gamma, beta) = (
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                );
+                let (output, mean, variance) =
+                    B::fused_batch_norm_train(x.clone(), gamma.clone(), beta, epsilon);
+                let state = (x, gamma, mean.clone(), variance.clone(), epsilon);
+                (prep.finish(state, output), lift(mean), lift(variance))
+            }
+            OpsKind::UnTracked(prep) => {
+                let (output, mean, variance) = B::fused_batch_norm_train(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    epsilon,
+                );
+                (prep.finish(output), lift(mean), lift(variance))
+            }
+        }
+    }
+
+    fn fused_batch_norm_train_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        // Not differentiable itself: the autodiff path above calls the inner backend's.
+        let lift = <Self as AutodiffBackend>::from_inner;
+        let (dx, dgamma, dbeta) = B::fused_batch_norm_train_backward(
+            x.into_primitive(),
+            gamma.into_primitive(),
+            mean.into_primitive(),
+            variance.into_primitive(),
+            epsilon,
+            grad.into_primitive(),
+        );
+        (lift(dx), lift(dgamma), lift(dbeta))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: Tensor<4>, b: Tensor<4>, what: &str) {
+        let (a, b) = (
+            a.into_data().try_to_vec::<f32>().unwrap(),
+            b.into_data().try_to_vec::<f32>().unwrap(),
+        );
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-4 * (1.0 + y.abs()), "{what}: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn output_statistics_and_gradients_equal_burns_batch_norm() {
+        let device = Device::flex().autodiff();
+        device.seed(9);
+        let x = (Tensor::<4>::random(
+            [4, 3, 5, 6],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        ) * 2.0
+            + 0.7)
+            .require_grad();
+        let gamma = Tensor::<1>::from_floats([1.5, -0.5, 0.8], &device).require_grad();
+        let beta = Tensor::<1>::from_floats([0.1, 0.2, -0.3], &device).require_grad();
+        let weights =
+            Tensor::<4>::random([4, 3, 5, 6], burn::tensor::Distribution::Default, &device);
+        let ours = batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+        let theirs =
+            burn::tensor::module::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+        close(ours.output.clone(), theirs.output.clone(), "output");
+        close(
+            ours.mean.clone().reshape([1, 3, 1, 1]),
+            theirs.mean.reshape([1, 3, 1, 1]),
+            "mean",
+        );
+        close(
+            ours.variance.clone().reshape([1, 3, 1, 1]),
+            theirs.variance.reshape([1, 3, 1, 1]),
+            "variance",
+        );
+        let g1 = (ours.output * weights.clone()).sum().backward();
+        let g2 = (theirs.output * weights).sum().backward();
+        close(x.grad(&g1).unwrap(), x.grad(&g2).unwrap(), "input gradient");
+        close(
+            gamma.grad(&g1).unwrap().reshape([1, 3, 1, 1]),
+            gamma.grad(&g2).unwrap().reshape([1, 3, 1, 1]),
+            "gamma gradient",
+        );
+        close(
+            beta.grad(&g1).unwrap().reshape([1, 3, 1, 1]),
+            beta.grad(&g2).unwrap().reshape([1, 3, 1, 1]),
+            "beta gradient",
+        );
+    }
+}
