@@ -87,12 +87,13 @@ fn values(t: &FlexTensor) -> Vec<f32> {
     t.to_contiguous().storage::<f32>().to_vec()
 }
 
-/// Per-channel sums over `[N, C, plane]` data of `f(value, channel)`.
+/// Per-channel sums over `[N, C, plane]` data of `f(value, channel)`: in f32
+/// within a plane (vectorized), in f64 across planes.
 fn channel_sums(
     data: &[f32],
     channels: usize,
     plane: usize,
-    f: impl Fn(f32, usize) -> f64 + Sync,
+    f: impl Fn(f32, usize) -> f32 + Sync,
 ) -> Vec<f64> {
     (0..channels)
         .into_par_iter()
@@ -100,7 +101,7 @@ fn channel_sums(
             data.chunks_exact(plane)
                 .skip(c)
                 .step_by(channels)
-                .map(|p| p.iter().map(|&v| f(v, c)).sum::<f64>())
+                .map(|p| p.iter().map(|&v| f(v, c)).sum::<f32>() as f64)
                 .sum()
         })
         .collect()
@@ -124,15 +125,15 @@ impl NormKernels for Flex {
         let m = (n * plane) as f64;
         let data: &[f32] = x.storage();
         let (gamma, beta) = (values(&gamma), values(&beta));
-        let mean: Vec<f64> = channel_sums(data, c, plane, |v, _| v as f64)
+        let mean: Vec<f64> = channel_sums(data, c, plane, |v, _| v)
             .into_iter()
             .map(|s| s / m)
             .collect();
-        let variance: Vec<f64> =
-            channel_sums(data, c, plane, |v, ch| (v as f64 - mean[ch]).powi(2))
-                .into_iter()
-                .map(|s| s / m)
-                .collect();
+        let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+        let variance: Vec<f64> = channel_sums(data, c, plane, |v, ch| (v - mean32[ch]).powi(2))
+            .into_iter()
+            .map(|s| s / m)
+            .collect();
         // y = x * scale + shift, per channel.
         let scale: Vec<f32> = (0..c)
             .map(|ch| (gamma[ch] as f64 / (variance[ch] + epsilon).sqrt()) as f32)
