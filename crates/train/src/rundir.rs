@@ -178,9 +178,11 @@ impl RunDir {
 
     /// The latest complete checkpoint folder, if any.
     pub fn checkpoint_dir(&self) -> Option<PathBuf> {
-        ["checkpoint", "checkpoint.old"]
-            .iter()
-            .map(|n| self.file(n))
+        let current = self.file("checkpoint");
+        // A crash while a new checkpoint was swapped in leaves the previous one here.
+        let previous = cifar_data::atomic::old_name(&current);
+        [current, previous]
+            .into_iter()
             .find(|d| d.join("state.json").is_file())
     }
 

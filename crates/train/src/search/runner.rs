@@ -263,6 +263,8 @@ pub struct SearchRun<'a> {
 struct Running {
     index: usize,
     trial: usize,
+    /// Epochs of it recorded in the store so far.
+    recorded: usize,
     /// The job slot it occupies (0..jobs; with `--devices`, its device).
     slot: usize,
     child: Child,
@@ -468,7 +470,7 @@ pub fn run_search(run: &SearchRun<'_>, store: &mut Store) -> Result<SearchState>
         let numbers = first..first + stage.trials;
         first += stage.trials;
         if s > 0 {
-            wait_for_stage(store, s - 1, run.progress)?;
+            wait_for_stage(store, s - 1, &worker, run.progress)?;
         }
         // The stage's ranges (narrowed once, by the first worker here) and its trials.
         let narrowed = store.update(|st| {
@@ -528,12 +530,11 @@ pub fn run_search(run: &SearchRun<'_>, store: &mut Store) -> Result<SearchState>
 
 /// Waits until every trial of stage `s` is over (other workers may still
 /// train some), then marks the trials left waiting at an ASHA rung pruned.
-fn wait_for_stage(store: &mut Store, s: usize, progress: Progress) -> Result<()> {
+fn wait_for_stage(store: &mut Store, s: usize, worker: &Worker, progress: Progress) -> Result<()> {
     let mut said = false;
     loop {
-        let worker = Worker::this();
         let over = store.update(|st| {
-            requeue_abandoned(st, s, &worker, now());
+            requeue_abandoned(st, s, worker, now());
             let asha = (st.prune == Prune::Asha).then(|| Asha::new(st.stages[s].epochs));
             let busy = st.trials.iter().any(|t| {
                 t.stage == s && matches!(t.status, TrialStatus::Running | TrialStatus::Queued)
@@ -580,11 +581,15 @@ fn run_stage(
     let mut beat = Instant::now();
     loop {
         while running.len() < run.jobs.max(1) {
-            let Some(job) = store.update(|st| Ok(claim(st, s, asha.as_ref(), worker, now())))?
+            let Some((job, trial)) = store.update(|st| {
+                Ok(claim(st, s, asha.as_ref(), worker, now()).map(|job| {
+                    let trial = st.trials[job.index].clone();
+                    (job, trial)
+                }))
+            })?
             else {
                 break;
             };
-            let trial = store.state()?.trials[job.index].clone();
             let dir = trial_dir(&run.dir, trial.trial);
             std::fs::create_dir_all(&dir)?;
             wait_for_orphan(&dir, run.progress);
@@ -601,8 +606,7 @@ fn run_stage(
                 })?;
                 continue;
             }
-            let resume = dir.join("checkpoint").join("state.json").is_file()
-                || dir.join("checkpoint.old").join("state.json").is_file();
+            let resume = RunDir::open(&dir).is_ok_and(|r| r.checkpoint_dir().is_some());
             if !resume {
                 let config =
                     (run.make_config)(base, &trial.params, stage.epochs).with_context(|| {
@@ -641,6 +645,7 @@ fn run_stage(
             running.push(Running {
                 index: job.index,
                 trial: trial.trial,
+                recorded: trial.accuracies.len(),
                 slot,
                 child,
                 dir,
@@ -651,7 +656,7 @@ fn run_stage(
         if running.is_empty() {
             // Nothing left to claim here; other workers may still promote
             // or continue trials of this stage.
-            return wait_for_stage(store, s, run.progress);
+            return wait_for_stage(store, s, worker, run.progress);
         }
         std::thread::sleep(Duration::from_millis(100));
         if beat.elapsed() > HEARTBEAT_EVERY {
@@ -669,8 +674,8 @@ fn run_stage(
             let r = &mut running[k];
             let accuracies = epoch_accuracies(&r.dir);
             let i = r.index;
-            let known = store.state()?.trials[i].accuracies.len();
-            if accuracies.len() > known {
+            if accuracies.len() > r.recorded {
+                r.recorded = accuracies.len();
                 let epoch = accuracies.len();
                 let acc = accuracies[epoch - 1];
                 let prune_it = store.update(|st| {
