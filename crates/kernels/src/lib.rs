@@ -12,5 +12,12 @@
 mod norm;
 mod pool;
 
+use burn::prelude::*;
+
+/// Whether `device` is flex, plain or autodiff: where the kernels run.
+fn on_flex(device: &Device) -> bool {
+    *device == Device::flex() || *device == Device::flex().autodiff()
+}
+
 pub use norm::{BatchNormTrained, NormKernels, batch_norm_train};
 pub use pool::{PoolKernels, max_pool_2x2};

@@ -59,9 +59,7 @@ pub fn batch_norm_train(
     beta: Tensor<1>,
     epsilon: f64,
 ) -> BatchNormTrained {
-    let device = x.device();
-    let on_flex = device == Device::flex() || device == Device::flex().autodiff();
-    if on_flex && x.dtype() == DType::F32 {
+    if crate::on_flex(&x.device()) && x.dtype() == DType::F32 {
         let (output, mean, variance) = <Dispatch as NormKernels>::fused_batch_norm_train(
             x.into_dispatch(),
             gamma.into_dispatch(),

@@ -35,10 +35,8 @@ pub trait PoolKernels: Backend {
 /// - `x`: `[N, C, H, W]`
 /// - output: `[N, C, H / 2, W / 2]`
 pub fn max_pool_2x2(x: Tensor<4>) -> Tensor<4> {
-    let device = x.device();
     let [_, _, h, w] = x.dims();
-    let on_flex = device == Device::flex() || device == Device::flex().autodiff();
-    if on_flex && h % 2 == 0 && w % 2 == 0 && x.dtype() == DType::F32 {
+    if crate::on_flex(&x.device()) && h % 2 == 0 && w % 2 == 0 && x.dtype() == DType::F32 {
         Tensor::from_dispatch(<Dispatch as PoolKernels>::max_pool_2x2(x.into_dispatch()))
     } else {
         burn::tensor::module::max_pool2d(x, burn::tensor::ops::MaxPoolOptions::new([2, 2]))

@@ -160,9 +160,8 @@ pub fn search_command(args: &SearchArgs) -> Result<()> {
     };
     for adapter in &placement {
         // A wrong adapter fails here, before any trial starts.
-        cifar_train::backend::device_on(backend, *adapter).map_err(|e| {
-            anyhow::anyhow!("{}", format!("{e:#}").replace("--device", "--devices"))
-        })?;
+        cifar_train::backend::device_on(backend, *adapter)
+            .with_context(|| format!("--devices {adapter}"))?;
     }
     let mut store = match (existing, fresh) {
         (Some(store), _) => store,
