@@ -48,20 +48,6 @@ impl HeadPooling {
     };
 }
 
-impl std::fmt::Display for HeadPooling {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(Self::NAMES.name(*self))
-    }
-}
-
-impl std::str::FromStr for HeadPooling {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::NAMES.parse(s)
-    }
-}
-
 /// How serde's derive wrote a [`HeadPooling`] before it was written as text.
 #[derive(serde::Deserialize)]
 enum OlderHeadPooling {
@@ -80,7 +66,7 @@ impl cifar_spelling::Upgrade<HeadPooling> for OlderHeadPooling {
     }
 }
 
-cifar_spelling::serde_as_text!(HeadPooling, older = OlderHeadPooling);
+cifar_spelling::named_text!(HeadPooling, older = OlderHeadPooling);
 
 impl CnnConfig {
     /// Whether the configuration can be built: at least one stage, each

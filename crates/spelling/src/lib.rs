@@ -167,6 +167,29 @@ macro_rules! serde_as_text {
     };
 }
 
+/// `Display` and `FromStr` from a type's `NAMES` table ([`Names`]), and
+/// serde through them ([`serde_as_text!`], with an optional older form).
+#[macro_export]
+macro_rules! named_text {
+    ($t:ty $(, older = $older:ty)?) => {
+        impl ::std::fmt::Display for $t {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(Self::NAMES.name(*self))
+            }
+        }
+
+        impl ::std::str::FromStr for $t {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::NAMES.parse(s)
+            }
+        }
+
+        $crate::serde_as_text!($t $(, older = $older)?);
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,8 +3,6 @@
 //! `--config FILE.json` loads one; flags given on the command line override
 //! its fields; the run folder keeps the result as `config.json`.
 
-use std::str::FromStr;
-
 use cifar_data::{Augmentation, Preprocessing, SplitConfig};
 use cifar_models::ModelConfig;
 use cifar_spelling::Names;
@@ -92,29 +90,10 @@ impl LrSchedule {
     };
 }
 
-/// `Display`, `FromStr` and serde for an enum with a `NAMES` table: one
-/// spelling in flags, config files and errors.
-macro_rules! named {
-    ($($t:ty),*) => {$(
-        impl std::fmt::Display for $t {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(Self::NAMES.name(*self))
-            }
-        }
-
-        impl FromStr for $t {
-            type Err = String;
-
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                Self::NAMES.parse(s)
-            }
-        }
-
-        cifar_spelling::serde_as_text!($t);
-    )*};
-}
-
-named!(Backend, OptimizerKind, LrSchedule);
+// One spelling in flags, config files and errors.
+cifar_spelling::named_text!(Backend);
+cifar_spelling::named_text!(OptimizerKind);
+cifar_spelling::named_text!(LrSchedule);
 
 /// The complete description of a training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,7 +11,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -82,21 +81,7 @@ impl Prune {
     };
 }
 
-impl FromStr for Prune {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::NAMES.parse(s)
-    }
-}
-
-impl std::fmt::Display for Prune {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(Self::NAMES.name(*self))
-    }
-}
-
-cifar_spelling::serde_as_text!(Prune);
+cifar_spelling::named_text!(Prune);
 
 /// Where a trial stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
