@@ -7,7 +7,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{TRAIN, dataset, json, ok, run, small_fit, stderr, stdout};
+use common::{TRAIN, dataset, json, metric_rows, ok, run, small_fit, stderr, stdout};
 
 /// Two runs that must have ended alike: the same accuracy and loss, and the
 /// same metrics row for row (timings aside).
@@ -19,14 +19,7 @@ fn assert_same_run(a: &Value, b: &Value, dir_a: &Path, dir_b: &Path) {
         b["final_training_loss"].as_f64().unwrap(),
     );
     assert!((la - lb).abs() < 1e-5 * la.abs().max(1.0), "{la} vs {lb}");
-    let rows = |p: &Path| -> Vec<String> {
-        std::fs::read_to_string(p.join("metrics.csv"))
-            .unwrap()
-            .lines()
-            .map(|l| l.split(',').take(8).collect::<Vec<_>>().join(","))
-            .collect()
-    };
-    let (ra, rb) = (rows(dir_a), rows(dir_b));
+    let (ra, rb) = (metric_rows(dir_a), metric_rows(dir_b));
     assert_eq!(ra.len(), rb.len());
     for (x, y) in ra.iter().zip(&rb) {
         assert_eq!(x, y, "metrics rows differ");

@@ -2,7 +2,6 @@
 //! writes included), each followed by a rerun of the same `--resume`
 //! command, and a full disk during a checkpoint.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,16 +9,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{TRAIN, dataset, json, ok, run, small_fit, stderr};
-
-/// The first 8 columns (the deterministic ones) of a run's `metrics.csv`.
-fn metric_rows(run: &Path) -> Vec<String> {
-    std::fs::read_to_string(run.join("metrics.csv"))
-        .unwrap()
-        .lines()
-        .map(|l| l.split(',').take(8).collect::<Vec<_>>().join(","))
-        .collect()
-}
+use common::{TRAIN, dataset, json, metric_rows, ok, run, small_fit, stderr};
 
 /// A small xorshift generator: the kill moments depend on the seed alone.
 struct Moments(u64);

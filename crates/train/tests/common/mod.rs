@@ -45,6 +45,16 @@ pub fn ok(args: &[&str]) -> String {
     stdout(&out)
 }
 
+/// The first 8 columns (the deterministic ones: no speed, no time) of each
+/// row of a run's `metrics.csv`.
+pub fn metric_rows(run: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(run.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| l.split(',').take(8).collect::<Vec<_>>().join(","))
+        .collect()
+}
+
 /// The last line of stdout, as JSON.
 pub fn json(text: &str) -> Value {
     serde_json::from_str(text.lines().last().expect("a line")).expect("JSON")
