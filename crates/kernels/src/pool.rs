@@ -28,15 +28,16 @@ pub trait PoolKernels: Backend {
 
 /// 2x2 max pooling with stride 2 of `x`: the flex kernel on flex (with its
 /// backward on an autodiff device), Burn's `max_pool2d` elsewhere. The first
-/// maximum of a window wins ties, as in Burn.
+/// maximum of a window wins ties, as in Burn. An odd last row or column is
+/// dropped (rounding down, as Burn and PyTorch do).
 ///
 /// # Shapes
 ///
 /// - `x`: `[N, C, H, W]`
-/// - output: `[N, C, H / 2, W / 2]`
+/// - output: `[N, C, H / 2, W / 2]` (rounded down)
 pub fn max_pool_2x2(x: Tensor<4>) -> Tensor<4> {
     let [_, _, h, w] = x.dims();
-    if crate::on_flex(&x.device()) && h % 2 == 0 && w % 2 == 0 && x.dtype() == DType::F32 {
+    if crate::on_flex(&x.device()) && h >= 2 && w >= 2 && x.dtype() == DType::F32 {
         Tensor::from_dispatch(<Dispatch as PoolKernels>::max_pool_2x2(x.into_dispatch()))
     } else {
         burn::tensor::module::max_pool2d(x, burn::tensor::ops::MaxPoolOptions::new([2, 2]))
@@ -197,11 +198,11 @@ mod tests {
 
     /// Inputs with exact ties (ReLU zeros) and distinct values.
     fn input(device: &Device) -> Tensor<4> {
-        let x = Tensor::<4>::random(
-            [3, 5, 8, 6],
-            burn::tensor::Distribution::Normal(0.0, 1.0),
-            device,
-        );
+        input_of([3, 5, 8, 6], device)
+    }
+
+    fn input_of(shape: [usize; 4], device: &Device) -> Tensor<4> {
+        let x = Tensor::<4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), device);
         burn::tensor::activation::relu(x)
     }
 
@@ -234,6 +235,28 @@ mod tests {
         max_pool_2x2(y.clone())
             .into_data()
             .assert_eq(&burn_pool(y).into_data(), true);
+    }
+
+    #[test]
+    fn odd_sizes_drop_the_last_row_and_column_as_burn_does() {
+        let device = Device::flex().autodiff();
+        device.seed(6);
+        for shape in [[2, 3, 7, 5], [1, 2, 31, 31], [2, 1, 3, 4]] {
+            let x = input_of(shape, &device).require_grad();
+            let ours = max_pool_2x2(x.clone());
+            let reference = burn_pool(x.clone());
+            ours.clone()
+                .into_data()
+                .assert_eq(&reference.clone().into_data(), true);
+            let weights =
+                Tensor::<4>::random(ours.dims(), burn::tensor::Distribution::Default, &device);
+            let g_ours = (ours * weights.clone()).sum().backward();
+            let g_ref = (reference * weights).sum().backward();
+            x.grad(&g_ours)
+                .unwrap()
+                .into_data()
+                .assert_eq(&x.grad(&g_ref).unwrap().into_data(), true);
+        }
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! `cargo run --release -p cifar-train --example profile_small_cnn`; add
 //! `-- --pool` to compare the max-pool kernels, `-- --batch-norm` for the
-//! default CNN's batch norms.
+//! default CNN's batch norms, `-- --conv` for the convolutions of the
+//! reference models, `-- --burn` for the step with Burn's own operations.
 
 use std::time::Instant;
 
@@ -53,13 +54,12 @@ fn profile(name: &str, shape: [usize; 4], op: impl Fn(Tensor<4>) -> Tensor<4>) -
 fn main() {
     let device = Device::flex().autodiff();
     let n = 128;
+    // Same padding, written out: the kernels take explicit padding.
     let conv = |cin, cout| {
         Conv2dConfig::new([cin, cout], [3, 3])
-            .with_padding(PaddingConfig2d::Same)
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
             .init(&device)
     };
-    let conv1 = conv(3, 32);
-    let conv2 = conv(32, 64);
     let pool = MaxPool2dConfig::new([2, 2]).init();
     let fc = LinearConfig::new(64 * 8 * 8, 10).init(&device);
     println!("small CNN, batch {n}, flex, {} threads", rayon_threads());
@@ -94,29 +94,72 @@ fn main() {
         }
         return;
     }
+    if std::env::args().any(|a| a == "--conv") {
+        // The convolutions of the small CNN, then of the VGG-style net (the
+        // default CNN's are those of its first two stages at half width).
+        let shapes = [
+            (3, 32, 32),
+            (32, 64, 16),
+            (3, 64, 32),
+            (64, 64, 32),
+            (64, 128, 16),
+            (128, 128, 16),
+            (128, 256, 8),
+            (256, 256, 8),
+        ];
+        for (cin, cout, size) in shapes {
+            let layer = conv(cin, cout);
+            let shape = [n, cin, size, size];
+            let name = format!("{cin}->{cout} ({size}x{size})");
+            profile(&format!("burn-flex conv {name}"), shape, |x| {
+                layer.forward(x)
+            });
+            profile(&format!("cifar-kernels conv {name}"), shape, |x| {
+                cifar_models::convolve(&layer, x)
+            });
+        }
+        return;
+    }
+    // The step with the project's kernels, or (`--burn`) with Burn's own operations.
+    let burn = std::env::args().any(|a| a == "--burn");
+    let convolve = |layer: &burn::nn::conv::Conv2d, x| {
+        if burn {
+            layer.forward(x)
+        } else {
+            cifar_models::convolve(layer, x)
+        }
+    };
+    let max_pool = |x| {
+        if burn {
+            pool.forward(x)
+        } else {
+            cifar_kernels::max_pool_2x2(x)
+        }
+    };
+    let (conv1, conv2) = (conv(3, 32), conv(32, 64));
     let mut total = 0.0;
-    total += profile("conv 3->32 (32x32)", [n, 3, 32, 32], |x| conv1.forward(x)).1;
+    total += profile("conv 3->32 (32x32)", [n, 3, 32, 32], |x| {
+        convolve(&conv1, x)
+    })
+    .1;
     total += profile(
         "relu (32x32x32)",
         [n, 32, 32, 32],
         burn::tensor::activation::relu,
     )
     .1;
-    total += profile("max pool 2x2 (32x32x32)", [n, 32, 32, 32], |x| {
-        pool.forward(x)
+    total += profile("max pool 2x2 (32x32x32)", [n, 32, 32, 32], max_pool).1;
+    total += profile("conv 32->64 (16x16)", [n, 32, 16, 16], |x| {
+        convolve(&conv2, x)
     })
     .1;
-    total += profile("conv 32->64 (16x16)", [n, 32, 16, 16], |x| conv2.forward(x)).1;
     total += profile(
         "relu (64x16x16)",
         [n, 64, 16, 16],
         burn::tensor::activation::relu,
     )
     .1;
-    total += profile("max pool 2x2 (64x16x16)", [n, 64, 16, 16], |x| {
-        pool.forward(x)
-    })
-    .1;
+    total += profile("max pool 2x2 (64x16x16)", [n, 64, 16, 16], max_pool).1;
     total += profile("linear 4096->10", [n, 64, 8, 8], |x| {
         fc.forward(x.flatten::<2>(1, 3)).unsqueeze::<4>()
     })

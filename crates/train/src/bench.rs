@@ -94,13 +94,16 @@ pub fn data(data: Option<&Path>, download: bool) -> Result<()> {
 /// Training steps (forward, cross-entropy, backward, SGD momentum 0.9) on
 /// random data, through the same [`Trainer::step`] as `train fit`; with
 /// `monitor_every`, the layer monitor watches the steps as it does in `fit`.
+/// Prints one line of text, or with `json` one JSON object
+/// (`{"images_per_sec": ...}`); returns the images per second.
 pub fn train(
     model: &ModelConfig,
     backend: Backend,
     batch_size: usize,
     steps: usize,
     monitor_every: Option<usize>,
-) -> Result<()> {
+    json: bool,
+) -> Result<f64> {
     anyhow::ensure!(
         steps > 0 && batch_size > 0,
         "--steps and --batch-size must be positive"
@@ -213,11 +216,24 @@ pub fn train(
         }
         _ => String::new(),
     };
-    println!(
-        "{backend} training, batch {batch_size}, {steps} steps after {warmup} warmup{monitored}: {:.0} images/s",
-        (steps * batch_size) as f64 / secs
-    );
-    Ok(())
+    let images_per_sec = (steps * batch_size) as f64 / secs;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "images_per_sec": images_per_sec,
+                "backend": backend.to_string(),
+                "batch_size": batch_size,
+                "steps": steps,
+                "seconds": secs,
+            })
+        );
+    } else {
+        println!(
+            "{backend} training, batch {batch_size}, {steps} steps after {warmup} warmup{monitored}: {images_per_sec:.0} images/s"
+        );
+    }
+    Ok(images_per_sec)
 }
 
 /// Times another observer's callbacks.

@@ -14,6 +14,8 @@ pub fn bench_command(args: &BenchArgs) -> Result<()> {
             args.batch_size,
             args.steps,
             args.monitor_every,
-        ),
+            args.json,
+        )
+        .map(|_| ()),
     }
 }

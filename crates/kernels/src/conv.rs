@@ -1,0 +1,725 @@
+//! 2-D convolution as one matrix product per image, forward and backward.
+//!
+//! Each image's patches are unfolded once per pass into a `[C·kh·kw, OH·OW]`
+//! matrix (im2col); the output is `W · cols`, the weight gradient
+//! `Σ dY · colsᵀ`, the input gradient `Wᵀ · dY` folded back (col2im). The
+//! products run in faer, which picks AVX-512 kernels at run time; images
+//! spread over the cores, each product on one. burn-flex has no backward of
+//! its own: its weight gradient runs as a convolution over swapped tensors
+//! with a handful of parallel tasks and its input gradient as a transposed
+//! convolution with a scalar col2im, which made them the slowest part of a
+//! CNN's training step.
+
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, AutodiffBackend, Backend, Dispatch, Flex, backend_extension};
+use burn::prelude::*;
+use burn::tensor::DType;
+use burn::tensor::ops::ConvOptions;
+use burn_autodiff::NodeId;
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_flex::FlexTensor;
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+/// 2-D convolution (no dilation, one group) as a backend extension.
+#[backend_extension(Flex, Autodiff)]
+pub trait ConvKernels: Backend {
+    /// `x: [N, C, H, W]`, `weight: [CO, C, KH, KW]`, `bias: [CO]` ->
+    /// `[N, CO, OH, OW]`.
+    fn conv2d_unfolded(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self>;
+
+    /// As [`conv2d_unfolded`](Self::conv2d_unfolded), without bias.
+    fn conv2d_unfolded_no_bias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self>;
+
+    /// The gradients of the input (when `input_grad`), the weight and the
+    /// bias, given the output's gradient `grad`.
+    fn conv2d_unfolded_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+        input_grad: bool,
+    ) -> (
+        Option<FloatTensor<Self>>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    );
+}
+
+/// 2-D convolution of `x` by `weight` plus `bias`, as Burn's
+/// [`conv2d`](burn::tensor::module::conv2d): the unfolded kernel on flex
+/// (with its backward on an autodiff device) when `options` has no dilation
+/// and one group, Burn's operation everywhere else.
+///
+/// # Shapes
+///
+/// - `x`: `[N, C, H, W]`; `weight`: `[CO, C, KH, KW]`; `bias`: `[CO]`
+/// - output: `[N, CO, OH, OW]` with `OH = (H + pad_top + pad_bottom - KH) / stride_h + 1`
+///   (and `OW` alike)
+pub fn conv2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: ConvOptions<2>,
+) -> Tensor<4> {
+    let [_, channels, h, w] = x.dims();
+    let [_, weight_channels, kh, kw] = weight.dims();
+    let plain = options.dilation == [1, 1] && options.groups == 1;
+    let fits = channels == weight_channels
+        && h + options.padding[0].0 + options.padding[0].1 >= kh
+        && w + options.padding[1].0 + options.padding[1].1 >= kw;
+    if crate::on_flex(&x.device()) && plain && fits && x.dtype() == DType::F32 {
+        let (x, weight) = (x.into_dispatch(), weight.into_dispatch());
+        Tensor::from_dispatch(match bias {
+            Some(bias) => {
+                <Dispatch as ConvKernels>::conv2d_unfolded(x, weight, bias.into_dispatch(), options)
+            }
+            None => <Dispatch as ConvKernels>::conv2d_unfolded_no_bias(x, weight, options),
+        })
+    } else {
+        burn::tensor::module::conv2d(x, weight, bias, options)
+    }
+}
+
+/// The sizes of one convolution.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    batch: usize,
+    channels: usize,
+    height: usize,
+    width: usize,
+    out_channels: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    /// Padding before the first row and column.
+    pad: [usize; 2],
+    out_height: usize,
+    out_width: usize,
+}
+
+impl Geometry {
+    fn new(x: &[usize], weight: &[usize], options: &ConvOptions<2>) -> Self {
+        let (kernel, stride) = ([weight[2], weight[3]], options.stride);
+        let [(top, bottom), (left, right)] = options.padding;
+        Self {
+            batch: x[0],
+            channels: x[1],
+            height: x[2],
+            width: x[3],
+            out_channels: weight[0],
+            kernel,
+            stride,
+            pad: [top, left],
+            out_height: (x[2] + top + bottom - kernel[0]) / stride[0] + 1,
+            out_width: (x[3] + left + right - kernel[1]) / stride[1] + 1,
+        }
+    }
+
+    /// Values per input image.
+    fn image(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// Rows of the unfolded matrix: values per patch.
+    fn patch(&self) -> usize {
+        self.channels * self.kernel[0] * self.kernel[1]
+    }
+
+    /// Columns of the unfolded matrix: output positions per channel.
+    fn positions(&self) -> usize {
+        self.out_height * self.out_width
+    }
+
+    /// A 1x1 convolution with stride 1 and no padding: the image is its own
+    /// unfolded matrix.
+    fn pointwise(&self) -> bool {
+        self.kernel == [1, 1] && self.stride == [1, 1] && self.pad == [0, 0]
+    }
+
+    /// For kernel column `j`, the output columns whose input column lies
+    /// inside the image (stride 1): `lo..hi`, reading from column `lo + j - pad`.
+    fn inside(&self, j: usize) -> (usize, usize) {
+        let lo = self.pad[1].saturating_sub(j).min(self.out_width);
+        let hi = (self.width + self.pad[1])
+            .saturating_sub(j)
+            .min(self.out_width)
+            .max(lo);
+        (lo, hi)
+    }
+
+    /// Visits every (row of the unfolded matrix, output row) pair whose input
+    /// row lies inside the image: `f(unfolded row segment start, input row
+    /// start, kernel column)`; rows outside are padding.
+    fn for_each_row(&self, mut f: impl FnMut(usize, Option<usize>, usize)) {
+        let [kh, kw] = self.kernel;
+        let positions = self.positions();
+        for c in 0..self.channels {
+            for i in 0..kh {
+                for j in 0..kw {
+                    let row = ((c * kh + i) * kw + j) * positions;
+                    for oy in 0..self.out_height {
+                        let y = (oy * self.stride[0] + i).checked_sub(self.pad[0]);
+                        let source = y
+                            .filter(|&y| y < self.height)
+                            .map(|y| (c * self.height + y) * self.width);
+                        f(row + oy * self.out_width, source, j);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Unfolds one image `[C, H, W]` into `cols` `[C·KH·KW, OH·OW]`.
+    fn unfold(&self, image: &[f32], cols: &mut [f32]) {
+        let (ow, sw, pad) = (self.out_width, self.stride[1], self.pad[1]);
+        self.for_each_row(|at, source, j| {
+            let out = &mut cols[at..at + ow];
+            let Some(source) = source else {
+                out.fill(0.0);
+                return;
+            };
+            let row = &image[source..source + self.width];
+            if sw == 1 {
+                let (lo, hi) = self.inside(j);
+                out[..lo].fill(0.0);
+                out[hi..].fill(0.0);
+                out[lo..hi].copy_from_slice(&row[lo + j - pad..hi + j - pad]);
+            } else {
+                for (ox, o) in out.iter_mut().enumerate() {
+                    *o = (ox * sw + j)
+                        .checked_sub(pad)
+                        .and_then(|x| row.get(x))
+                        .copied()
+                        .unwrap_or(0.0);
+                }
+            }
+        });
+    }
+
+    /// Adds the unfolded gradient `cols` back onto the image gradient `image`
+    /// (the adjoint of [`unfold`](Self::unfold)).
+    fn fold(&self, cols: &[f32], image: &mut [f32]) {
+        let (ow, sw, pad) = (self.out_width, self.stride[1], self.pad[1]);
+        self.for_each_row(|at, source, j| {
+            let Some(source) = source else { return };
+            let cols = &cols[at..at + ow];
+            let row = &mut image[source..source + self.width];
+            if sw == 1 {
+                let (lo, hi) = self.inside(j);
+                for (r, &g) in row[lo + j - pad..hi + j - pad]
+                    .iter_mut()
+                    .zip(&cols[lo..hi])
+                {
+                    *r += g;
+                }
+            } else {
+                for (ox, &g) in cols.iter().enumerate() {
+                    if let Some(r) = (ox * sw + j).checked_sub(pad).and_then(|x| row.get_mut(x)) {
+                        *r += g;
+                    }
+                }
+            }
+        });
+    }
+
+    /// How the matrix products inside one image's work are parallelized:
+    /// across images when there are enough of them, inside the product when not.
+    fn product_parallelism(&self) -> Par {
+        if self.batch >= rayon::current_num_threads() {
+            Par::Seq
+        } else {
+            Par::rayon(0)
+        }
+    }
+
+    /// Images per parallel task, so that each core gets a few tasks.
+    fn images_per_task(&self) -> usize {
+        (self.batch / (4 * rayon::current_num_threads())).max(1)
+    }
+}
+
+fn row_major(data: &[f32], rows: usize, cols: usize) -> MatRef<'_, f32> {
+    MatRef::from_row_major_slice(data, rows, cols)
+}
+
+fn row_major_mut(data: &mut [f32], rows: usize, cols: usize) -> MatMut<'_, f32> {
+    MatMut::from_row_major_slice_mut(data, rows, cols)
+}
+
+fn tensor(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
+}
+
+fn forward(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: Option<FlexTensor>,
+    options: &ConvOptions<2>,
+) -> FlexTensor {
+    let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+    let g = Geometry::new(x.layout().shape(), weight.layout().shape(), options);
+    let (xs, ws): (&[f32], &[f32]) = (x.storage(), weight.storage());
+    let bias = bias.map(|b| b.to_contiguous().storage::<f32>().to_vec());
+    let (co, k, p) = (g.out_channels, g.patch(), g.positions());
+    let w = row_major(ws, co, k);
+    let par = g.product_parallelism();
+    let mut out = vec![0f32; g.batch * co * p];
+    out.par_chunks_mut(co * p)
+        .zip(xs.par_chunks(g.image()))
+        .with_min_len(g.images_per_task())
+        .for_each_init(
+            || vec![0f32; if g.pointwise() { 0 } else { k * p }],
+            |cols, (out, image)| {
+                let cols = if g.pointwise() {
+                    image
+                } else {
+                    g.unfold(image, cols);
+                    &cols[..]
+                };
+                if let Some(bias) = &bias {
+                    for (row, &b) in out.chunks_exact_mut(p).zip(bias) {
+                        row.fill(b);
+                    }
+                }
+                let accum = if bias.is_some() {
+                    Accum::Add
+                } else {
+                    Accum::Replace
+                };
+                matmul(
+                    row_major_mut(out, co, p),
+                    accum,
+                    w,
+                    row_major(cols, k, p),
+                    1.0,
+                    par,
+                );
+            },
+        );
+    tensor(out, &[g.batch, co, g.out_height, g.out_width])
+}
+
+/// Per-task sums of the weight and bias gradients, with the task's buffers.
+struct Partial {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    cols: Vec<f32>,
+    cols_grad: Vec<f32>,
+}
+
+fn backward(
+    x: FlexTensor,
+    weight: FlexTensor,
+    grad: FlexTensor,
+    options: &ConvOptions<2>,
+    input_grad: bool,
+) -> (Option<FlexTensor>, FlexTensor, FlexTensor) {
+    let (x, weight, grad) = (
+        x.to_contiguous(),
+        weight.to_contiguous(),
+        grad.to_contiguous(),
+    );
+    let g = Geometry::new(x.layout().shape(), weight.layout().shape(), options);
+    let (xs, ws, dy): (&[f32], &[f32], &[f32]) = (x.storage(), weight.storage(), grad.storage());
+    let (co, k, p) = (g.out_channels, g.patch(), g.positions());
+    let w = row_major(ws, co, k);
+    let par = g.product_parallelism();
+    // Without an input gradient, a one-value stand-in per image keeps the
+    // iteration the same.
+    let image_len = if input_grad { g.image() } else { 1 };
+    let mut dx = vec![0f32; g.batch * image_len];
+    let init = || Partial {
+        weight: vec![0f32; co * k],
+        bias: vec![0f32; co],
+        cols: vec![0f32; if g.pointwise() { 0 } else { k * p }],
+        cols_grad: vec![
+            0f32;
+            if input_grad && !g.pointwise() {
+                k * p
+            } else {
+                0
+            }
+        ],
+    };
+    let partial = dx
+        .par_chunks_mut(image_len)
+        .zip(xs.par_chunks(g.image()).zip(dy.par_chunks(co * p)))
+        .with_min_len(g.images_per_task())
+        .fold(init, |mut acc, (image_grad, (image, dy))| {
+            for (b, row) in acc.bias.iter_mut().zip(dy.chunks_exact(p)) {
+                *b += row.iter().sum::<f32>();
+            }
+            let dy = row_major(dy, co, p);
+            let cols = if g.pointwise() {
+                image
+            } else {
+                g.unfold(image, &mut acc.cols);
+                &acc.cols[..]
+            };
+            // dW += dY · colsᵀ
+            matmul(
+                row_major_mut(&mut acc.weight, co, k),
+                Accum::Add,
+                dy,
+                row_major(cols, k, p).transpose(),
+                1.0,
+                par,
+            );
+            if input_grad {
+                // dcols = Wᵀ · dY, folded back onto the image.
+                let target = if g.pointwise() {
+                    &mut image_grad[..]
+                } else {
+                    &mut acc.cols_grad[..]
+                };
+                matmul(
+                    row_major_mut(target, k, p),
+                    Accum::Replace,
+                    w.transpose(),
+                    dy,
+                    1.0,
+                    par,
+                );
+                if !g.pointwise() {
+                    g.fold(&acc.cols_grad, image_grad);
+                }
+            }
+            acc
+        })
+        .map(|acc| (acc.weight, acc.bias))
+        .reduce(
+            || (vec![0f32; co * k], vec![0f32; co]),
+            |(mut w1, mut b1), (w2, b2)| {
+                w1.iter_mut().zip(&w2).for_each(|(a, b)| *a += b);
+                b1.iter_mut().zip(&b2).for_each(|(a, b)| *a += b);
+                (w1, b1)
+            },
+        );
+    let dx = input_grad.then(|| tensor(dx, &[g.batch, g.channels, g.height, g.width]));
+    let shape = weight.layout().shape().clone();
+    (
+        dx,
+        tensor(partial.0, shape.as_slice()),
+        tensor(partial.1, &[co]),
+    )
+}
+
+impl ConvKernels for Flex {
+    fn conv2d_unfolded(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        forward(x, weight, Some(bias), &options)
+    }
+
+    fn conv2d_unfolded_no_bias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        forward(x, weight, None, &options)
+    }
+
+    fn conv2d_unfolded_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+        input_grad: bool,
+    ) -> (
+        Option<FloatTensor<Self>>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        backward(x, weight, grad, &options, input_grad)
+    }
+}
+
+/// What the backward pass keeps of the forward: the input, the weight and
+/// the options.
+type Saved<B> = (FloatTensor<B>, FloatTensor<B>, ConvOptions<2>);
+
+/// Runs the inner backend's backward on the output's gradient `grad` and
+/// registers the gradients of the parents that asked for one (`bias` absent
+/// for a convolution without bias).
+fn register<B: Backend + ConvKernels>(
+    (x, weight, options): Saved<B>,
+    grad: FloatTensor<B>,
+    [x_id, weight_id, bias_id]: [Option<NodeId>; 3],
+    grads: &mut Gradients,
+) {
+    let (dx, dweight, dbias) =
+        B::conv2d_unfolded_backward(x, weight, grad, options, x_id.is_some());
+    if let (Some(id), Some(dx)) = (x_id, dx) {
+        grads.register::<B>(id, dx);
+    }
+    if let Some(id) = weight_id {
+        grads.register::<B>(id, dweight);
+    }
+    if let Some(id) = bias_id {
+        grads.register::<B>(id, dbias);
+    }
+}
+
+/// The backward pass of a convolution with bias.
+#[derive(Debug)]
+struct ConvWithBias;
+
+impl<B: Backend + ConvKernels> Backward<B, 3> for ConvWithBias {
+    type State = Saved<B>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let ids = ops.parents.map(|node| node.map(|node| node.id));
+        register::<B>(ops.state, grad, ids, grads);
+    }
+}
+
+/// The backward pass of a convolution without bias.
+#[derive(Debug)]
+struct ConvNoBias;
+
+impl<B: Backend + ConvKernels> Backward<B, 2> for ConvNoBias {
+    type State = Saved<B>;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let [x_id, weight_id] = ops.parents.map(|node| node.map(|node| node.id));
+        register::<B>(ops.state, grad, [x_id, weight_id, None], grads);
+    }
+}
+
+impl<B: Backend + ConvKernels, C: CheckpointStrategy> ConvKernels for Autodiff<B, C> {
+    fn conv2d_unfolded(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        match ConvWithBias
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, weight) = (x.into_primitive(), weight.into_primitive());
+                let output = B::conv2d_unfolded(
+                    x.clone(),
+                    weight.clone(),
+                    bias.into_primitive(),
+                    options.clone(),
+                );
+                prep.finish((x, weight, options), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::conv2d_unfolded(
+                x.into_primitive(),
+                weight.into_primitive(),
+                bias.into_primitive(),
+                options,
+            )),
+        }
+    }
+
+    fn conv2d_unfolded_no_bias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        match ConvNoBias
+            .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, weight) = (x.into_primitive(), weight.into_primitive());
+                let output = B::conv2d_unfolded_no_bias(x.clone(), weight.clone(), options.clone());
+                prep.finish((x, weight, options), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::conv2d_unfolded_no_bias(
+                x.into_primitive(),
+                weight.into_primitive(),
+                options,
+            )),
+        }
+    }
+
+    fn conv2d_unfolded_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+        input_grad: bool,
+    ) -> (
+        Option<FloatTensor<Self>>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        // Not differentiable itself: the autodiff path above calls the inner backend's.
+        let lift = <Self as AutodiffBackend>::from_inner;
+        let (dx, dweight, dbias) = B::conv2d_unfolded_backward(
+            x.into_primitive(),
+            weight.into_primitive(),
+            grad.into_primitive(),
+            options,
+            input_grad,
+        );
+        (dx.map(lift), lift(dweight), lift(dbias))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    /// Relative closeness, scaled by the largest magnitude of the reference
+    /// (sums of many products cancel, so single values can be near zero).
+    fn close<const D: usize>(ours: Tensor<D>, reference: Tensor<D>, what: &str) {
+        let (a, b) = (
+            ours.into_data().try_to_vec::<f32>().unwrap(),
+            reference.into_data().try_to_vec::<f32>().unwrap(),
+        );
+        assert_eq!(a.len(), b.len(), "{what}: sizes differ");
+        let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 * scale,
+                "{what}[{i}]: {x} vs Burn's {y} (scale {scale})"
+            );
+        }
+    }
+
+    /// Checks the output and every gradient against Burn's own convolution
+    /// on the same autodiff flex device.
+    fn check(
+        x: [usize; 4],
+        out_channels: usize,
+        kernel: [usize; 2],
+        options: ConvOptions<2>,
+        bias: bool,
+    ) {
+        let device = Device::flex().autodiff();
+        let [n, c, _, _] = x;
+        let what =
+            format!("x {x:?}, {out_channels} out, kernel {kernel:?}, {options:?}, bias {bias}");
+        let x = Tensor::<4>::random(x, Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let weight = Tensor::<4>::random(
+            [out_channels, c, kernel[0], kernel[1]],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        )
+        .require_grad();
+        let bias = bias.then(|| {
+            Tensor::<1>::random([out_channels], Distribution::Normal(0.0, 1.0), &device)
+                .require_grad()
+        });
+        let ours = conv2d(x.clone(), weight.clone(), bias.clone(), options.clone());
+        let reference =
+            burn::tensor::module::conv2d(x.clone(), weight.clone(), bias.clone(), options);
+        assert_eq!(ours.dims(), reference.dims(), "{what}: output shape");
+        assert_eq!(ours.dims()[0], n);
+        // A gradient that differs per output value, so misrouting shows.
+        let upstream = Tensor::<4>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &device);
+        close(ours.clone(), reference.clone(), &format!("{what}: output"));
+        let g1 = (ours * upstream.clone()).sum().backward();
+        let g2 = (reference * upstream).sum().backward();
+        close(
+            x.grad(&g1).unwrap(),
+            x.grad(&g2).unwrap(),
+            &format!("{what}: input gradient"),
+        );
+        close(
+            weight.grad(&g1).unwrap(),
+            weight.grad(&g2).unwrap(),
+            &format!("{what}: weight gradient"),
+        );
+        if let Some(bias) = bias {
+            close(
+                bias.grad(&g1).unwrap(),
+                bias.grad(&g2).unwrap(),
+                &format!("{what}: bias gradient"),
+            );
+        }
+    }
+
+    fn options(stride: usize, padding: usize) -> ConvOptions<2> {
+        ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1)
+    }
+
+    #[test]
+    fn same_padded_3x3_equals_burns_convolution() {
+        Device::flex().autodiff().seed(1);
+        check([4, 3, 8, 8], 5, [3, 3], options(1, 1), true);
+        check([3, 6, 7, 5], 4, [3, 3], options(1, 1), false);
+    }
+
+    #[test]
+    fn strides_paddings_odd_sizes_and_batch_one_equal_burns_convolution() {
+        Device::flex().autodiff().seed(2);
+        check([1, 2, 9, 7], 3, [3, 3], options(2, 1), true);
+        check([2, 3, 11, 10], 4, [5, 3], options(2, 2), false);
+        check([2, 2, 6, 6], 3, [3, 3], options(1, 0), true);
+        check([1, 1, 5, 5], 2, [5, 5], options(1, 2), true);
+        check([2, 3, 8, 9], 2, [2, 2], options(2, 0), true);
+        // Asymmetric padding, as Burn's "same" padding gives for even kernels.
+        let asymmetric = ConvOptions::new_with_padding([1, 1], [(0, 1), (1, 0)], [1, 1], 1);
+        check([2, 2, 6, 5], 3, [2, 2], asymmetric, true);
+    }
+
+    #[test]
+    fn pointwise_and_padding_wider_than_the_kernel_equal_burns_convolution() {
+        Device::flex().autodiff().seed(3);
+        check([3, 4, 5, 6], 7, [1, 1], options(1, 0), true);
+        check([2, 4, 5, 6], 3, [1, 1], options(2, 0), false);
+        check([2, 2, 4, 4], 3, [3, 3], options(1, 3), true);
+    }
+
+    #[test]
+    fn an_input_without_gradient_still_gives_the_weight_gradient() {
+        let device = Device::flex().autodiff();
+        device.seed(4);
+        let x = Tensor::<4>::random([2, 3, 6, 6], Distribution::Normal(0.0, 1.0), &device);
+        let weight = Tensor::<4>::random([4, 3, 3, 3], Distribution::Normal(0.0, 1.0), &device)
+            .require_grad();
+        let ours = conv2d(x.clone(), weight.clone(), None, options(1, 1));
+        let reference = burn::tensor::module::conv2d(x, weight.clone(), None, options(1, 1));
+        let g1 = ours.sum().backward();
+        let g2 = reference.sum().backward();
+        close(
+            weight.grad(&g1).unwrap(),
+            weight.grad(&g2).unwrap(),
+            "weight gradient",
+        );
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn plain_flex_and_other_backends_give_burns_values() {
+        for device in [Device::flex(), Device::ndarray()] {
+            device.seed(5);
+            let x = Tensor::<4>::random([2, 3, 7, 7], Distribution::Normal(0.0, 1.0), &device);
+            let w = Tensor::<4>::random([4, 3, 3, 3], Distribution::Normal(0.0, 1.0), &device);
+            let b = Tensor::<1>::random([4], Distribution::Normal(0.0, 1.0), &device);
+            close(
+                conv2d(x.clone(), w.clone(), Some(b.clone()), options(1, 1)),
+                burn::tensor::module::conv2d(x, w, Some(b), options(1, 1)),
+                "forward",
+            );
+        }
+    }
+}
