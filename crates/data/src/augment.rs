@@ -15,6 +15,12 @@ pub struct Augmentation {
     pub pad: usize,
     /// Flip half the images left to right.
     pub flip: bool,
+    /// With `flip`: instead of flipping each image at random every epoch,
+    /// flip it in every other epoch, so that over any two epochs the network
+    /// sees both orientations of every image (airbench's alternating flip).
+    /// Needs the epoch: [`CifarBatcher::set_epoch`](crate::CifarBatcher::set_epoch).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub alternate_flip: bool,
 }
 
 impl Default for Augmentation {
@@ -26,7 +32,18 @@ impl Default for Augmentation {
 impl Augmentation {
     /// The standard CIFAR-10 augmentation: 4 pixels of padding, and flips.
     pub fn new() -> Self {
-        Self { pad: 4, flip: true }
+        Self {
+            pad: 4,
+            flip: true,
+            alternate_flip: false,
+        }
+    }
+
+    /// Whether image `index` is flipped in `epoch` under the alternating
+    /// flip: a coin drawn once per image from `seed`, then every other epoch.
+    pub fn alternating_flip(index: usize, epoch: usize, seed: u64) -> bool {
+        let coin = crate::mix_seed(seed, index as u64) & 1 == 1;
+        coin ^ (epoch % 2 == 1)
     }
 
     /// Writes an augmented copy of `src` (`[channels, height, width]`) into `dst`.
@@ -38,17 +55,44 @@ impl Augmentation {
         rng: &mut R,
     ) {
         debug_assert_eq!(src.len(), channels * height * width);
+        let (dy, dx) = self.shift(rng);
+        let flip = self.flip && rng.random_bool(0.5);
+        shift_flip(src, dst, [channels, height, width], dy, dx, flip);
+    }
+
+    /// As [`apply`](Self::apply), with the flip decided by the caller
+    /// (`flip` is ignored when [`flip`](Self::flip) is off).
+    pub fn apply_flipped<R: Rng + ?Sized>(
+        &self,
+        src: &[f32],
+        dst: &mut [f32],
+        [channels, height, width]: [usize; 3],
+        rng: &mut R,
+        flip: bool,
+    ) {
+        debug_assert_eq!(src.len(), channels * height * width);
+        let (dy, dx) = self.shift(rng);
+        shift_flip(
+            src,
+            dst,
+            [channels, height, width],
+            dy,
+            dx,
+            self.flip && flip,
+        );
+    }
+
+    /// A random crop offset in `-pad..=pad` on each axis.
+    fn shift<R: Rng + ?Sized>(&self, rng: &mut R) -> (isize, isize) {
         let pad = self.pad as i64;
-        let (dy, dx) = if pad > 0 {
+        if pad > 0 {
             (
                 rng.random_range(-pad..=pad) as isize,
                 rng.random_range(-pad..=pad) as isize,
             )
         } else {
             (0, 0)
-        };
-        let flip = self.flip && rng.random_bool(0.5);
-        shift_flip(src, dst, [channels, height, width], dy, dx, flip);
+        }
     }
 }
 
@@ -102,6 +146,26 @@ mod tests {
         assert_eq!(dst, [5.0, 6.0, 0.0, 0.0, 0.0, 0.0]);
         shift_flip(&src, &mut dst, [1, 2, 3], 0, -1, false);
         assert_eq!(dst, [0.0, 1.0, 2.0, 0.0, 4.0, 5.0]);
+    }
+
+    #[test]
+    fn alternating_flip_flips_each_image_in_every_other_epoch() {
+        let flips = |epoch| {
+            (0..1000)
+                .map(|i| Augmentation::alternating_flip(i, epoch, 7))
+                .collect::<Vec<_>>()
+        };
+        let (e0, e1, e2) = (flips(0), flips(1), flips(2));
+        assert_eq!(e0, e2);
+        assert!(e0.iter().zip(&e1).all(|(a, b)| a != b));
+        let flipped = e0.iter().filter(|&&f| f).count();
+        assert!((400..600).contains(&flipped), "{flipped} of 1000 flipped");
+        assert_ne!(
+            e0,
+            (0..1000)
+                .map(|i| Augmentation::alternating_flip(i, 0, 8))
+                .collect::<Vec<_>>()
+        );
     }
 
     #[test]

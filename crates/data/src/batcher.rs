@@ -27,6 +27,8 @@ pub struct CifarBatcher {
     features: Arc<Features>,
     augmentation: Option<Augmentation>,
     rng: Mutex<StdRng>,
+    /// The epoch and seed of the alternating flip.
+    epoch: Mutex<(usize, u64)>,
 }
 
 impl CifarBatcher {
@@ -36,6 +38,7 @@ impl CifarBatcher {
             features,
             augmentation: None,
             rng: Mutex::new(StdRng::seed_from_u64(0)),
+            epoch: Mutex::new((0, 0)),
         }
     }
 
@@ -60,6 +63,12 @@ impl CifarBatcher {
         *self.rng.lock().expect("rng lock") = StdRng::seed_from_u64(seed);
     }
 
+    /// Sets the epoch (and the run's seed) that an alternating flip
+    /// ([`Augmentation::alternate_flip`]) follows.
+    pub fn set_epoch(&self, epoch: usize, seed: u64) {
+        *self.epoch.lock().expect("epoch lock") = (epoch, seed);
+    }
+
     /// The features batched.
     pub fn features(&self) -> &Features {
         &self.features
@@ -74,6 +83,14 @@ impl CifarBatcher {
             None => {
                 for (dst, &i) in values.chunks_exact_mut(size).zip(indices) {
                     dst.copy_from_slice(self.features.example(i));
+                }
+            }
+            Some(aug) if aug.alternate_flip => {
+                let mut rng = self.rng.lock().expect("rng lock");
+                let (epoch, seed) = *self.epoch.lock().expect("epoch lock");
+                for (dst, &i) in values.chunks_exact_mut(size).zip(indices) {
+                    let flip = Augmentation::alternating_flip(i, epoch, seed);
+                    aug.apply_flipped(self.features.example(i), dst, dims, &mut *rng, flip);
                 }
             }
             Some(aug) => {

@@ -36,6 +36,7 @@ mod features;
 mod preprocess;
 mod split;
 pub mod synthetic;
+mod whiten;
 
 pub use augment::Augmentation;
 pub use batcher::{CifarBatch, CifarBatcher, EpochOrder, mix_seed};
@@ -46,3 +47,4 @@ pub use error::DataError;
 pub use features::{FeatureShape, Features};
 pub use preprocess::{FittedPreprocessing, Preprocessing};
 pub use split::{SplitConfig, Splits};
+pub use whiten::{FittedPatchWhitening, PatchWhitening};

@@ -7,7 +7,10 @@ use cifar_spelling::Names;
 
 use crate::layers::check_dropout;
 use crate::layers::dense_stack;
-use crate::{ActivationConfig, ConvBlock, DenseBlock, Init, LayerActivations};
+use crate::{
+    Activation, ActivationConfig, ConvBlock, ConvBlockConfig, DenseBlock, Init, LayerActivations,
+    Whiten, WhitenConfig,
+};
 
 /// One stage: convolutions, then an optional 2x2 max pool, then an optional
 /// residual block (two convolutions of the same width added to their input).
@@ -18,6 +21,11 @@ pub struct StageConfig {
     /// A 2x2 max pool (stride 2) after the convolutions.
     #[config(default = true)]
     pub pool: bool,
+    /// With `pool`: pool right after the first convolution, before its batch
+    /// norm and activation, instead of after the last (airbench's order: the
+    /// later convolutions of the stage work on a quarter of the positions).
+    #[config(default = false)]
+    pub early_pool: bool,
     /// A residual block after the pool: `x + conv(conv(x))`.
     #[config(default = false)]
     pub residual: bool,
@@ -91,9 +99,18 @@ impl CnnConfig {
             return Err("a CNN needs positive in_channels, classes and head_hidden sizes".into());
         }
         let pools = self.stages.iter().filter(|s| s.pool).count();
-        if pools >= usize::BITS as usize || self.image_size >> pools == 0 {
+        let size = self.image_size + 1 - self.whiten.clamp(1, self.image_size);
+        if pools >= usize::BITS as usize || size >> pools == 0 {
+            let after = if self.whiten > 0 {
+                format!(
+                    " (the {0}x{0} maps left by {1}x{1} whitening)",
+                    size, self.whiten
+                )
+            } else {
+                String::new()
+            };
             return Err(format!(
-                "{pools} pooling stages are too many for a {}x{} input",
+                "{pools} pooling stages are too many for a {}x{} input{after}",
                 self.image_size, self.image_size
             ));
         }
@@ -102,6 +119,21 @@ impl CnnConfig {
                 "logit_scale must be a positive number, got {}",
                 self.logit_scale
             ));
+        }
+        if self.whiten > 0 {
+            if self.whiten > self.image_size {
+                return Err(format!(
+                    "whitening patches of {} pixels do not fit a {}x{} input",
+                    self.whiten, self.image_size, self.image_size
+                ));
+            }
+            if self.activation.width_multiplier() != 1 {
+                return Err(
+                    "patch whitening feeds its channels straight to the activation, so it \
+                     cannot be combined with maxout"
+                        .into(),
+                );
+            }
         }
         check_dropout(self.dropout)?;
         self.activation.check()?;
@@ -147,6 +179,18 @@ pub struct CnnConfig {
     /// Multiplies the logits (ResNet-9 uses 0.125).
     #[config(default = 1.0)]
     pub logit_scale: f64,
+    /// A frozen patch-whitening convolution before the stages, on patches of
+    /// this size (0: none); its filters come from the training data (see
+    /// [`Whiten`]) and the network's activation follows it.
+    #[config(default = 0)]
+    pub whiten: usize,
+    /// Whether batch norm learns its scale (otherwise it stays 1).
+    #[config(default = true)]
+    pub norm_scale: bool,
+    /// Start the second and later convolutions of each stage, and those of
+    /// residual blocks, as the identity (PyTorch's `dirac_`).
+    #[config(default = false)]
+    pub identity_init: bool,
 }
 
 impl CnnConfig {
@@ -199,6 +243,29 @@ impl CnnConfig {
         .with_logit_scale(0.125)
     }
 
+    /// The network of the fast CIFAR-10 records (Keller Jordan's airbench94,
+    /// after Page's "How to train your ResNet" and hlb-CIFAR10): a frozen
+    /// 2x2 patch-whitening convolution (3 -> 24 channels) and GELU; three
+    /// stages of two 3x3 convolutions of widths 64, 256 and 256, each
+    /// pooling right after its first convolution; batch norm with a fixed
+    /// scale; the second convolutions starting as the identity; global max
+    /// pooling; logits scaled by 1/9. Fit the whitening filters on the
+    /// training data before training ([`Cnn::with_whitening`]).
+    pub fn airbench() -> Self {
+        Self::new(
+            [64, 256, 256]
+                .iter()
+                .map(|&w| StageConfig::new(vec![w, w]).with_early_pool(true))
+                .collect(),
+        )
+        .with_whiten(2)
+        .with_activation(ActivationConfig::Gelu)
+        .with_norm_scale(false)
+        .with_identity_init(true)
+        .with_pooling(HeadPooling::Max)
+        .with_logit_scale(1.0 / 9.0)
+    }
+
     /// Builds the network on `device` (build it on an autodiff device to train it).
     ///
     /// Panics if the configuration is invalid ([`check`](Self::check)).
@@ -207,25 +274,34 @@ impl CnnConfig {
             panic!("{e}");
         }
         let block = |cin, cout| {
-            ConvBlock::new(
-                cin,
-                cout,
-                self.kernel_size,
-                &self.activation,
-                &self.init,
-                self.batch_norm,
-                device,
-            )
+            ConvBlockConfig::new(cin, cout)
+                .with_kernel(self.kernel_size)
+                .with_activation(self.activation)
+                .with_init(self.init)
+                .with_batch_norm(self.batch_norm)
+                .with_norm_scale(self.norm_scale)
         };
-        let mut channels = self.in_channels;
-        let mut size = self.image_size;
+        let whiten = (self.whiten > 0).then(|| {
+            WhitenConfig::new()
+                .with_patch(self.whiten)
+                .with_in_channels(self.in_channels)
+        });
+        let mut channels = whiten
+            .as_ref()
+            .map_or(self.in_channels, WhitenConfig::out_channels);
+        let mut size = self.image_size + 1 - self.whiten.max(1);
         let mut stages = Vec::with_capacity(self.stages.len());
         for stage in &self.stages {
+            let early = stage.pool && stage.early_pool;
             let convs = stage
                 .widths
                 .iter()
-                .map(|&w| {
-                    let b = block(channels, w);
+                .enumerate()
+                .map(|(i, &w)| {
+                    let b = block(channels, w)
+                        .with_pool(early && i == 0)
+                        .with_identity(self.identity_init && i > 0)
+                        .init(device);
                     channels = w;
                     b
                 })
@@ -234,13 +310,19 @@ impl CnnConfig {
                 size /= 2;
             }
             let residual = if stage.residual {
-                vec![block(channels, channels), block(channels, channels)]
+                (0..2)
+                    .map(|_| {
+                        block(channels, channels)
+                            .with_identity(self.identity_init)
+                            .init(device)
+                    })
+                    .collect()
             } else {
                 Vec::new()
             };
             stages.push(Stage {
                 convs,
-                pool: stage.pool.then(|| MaxPool2dConfig::new([2, 2]).init()),
+                pool: (stage.pool && !early).then(|| MaxPool2dConfig::new([2, 2]).init()),
                 residual,
             });
         }
@@ -258,6 +340,10 @@ impl CnnConfig {
             device,
         );
         Cnn {
+            whiten_activation: whiten
+                .as_ref()
+                .map(|w| self.activation.init(w.out_channels(), device)),
+            whiten: whiten.map(|w| w.init(device)),
             stages,
             pooling: self.pooling,
             hidden,
@@ -282,6 +368,10 @@ pub struct Stage {
 /// A convolutional network; build one with [`CnnConfig::init`].
 #[derive(Module, Debug)]
 pub struct Cnn {
+    /// The frozen patch-whitening layer, if any.
+    pub whiten: Option<Whiten>,
+    /// The activation after it.
+    pub whiten_activation: Option<Activation>,
     /// The convolutional stages.
     pub stages: Vec<Stage>,
     /// How the head reduces the feature maps.
@@ -298,6 +388,19 @@ pub struct Cnn {
 }
 
 impl Cnn {
+    /// This network with the whitening layer's filters and bias set (fitted
+    /// with `cifar_data::PatchWhitening`, say); see [`Whiten::with_filters`].
+    ///
+    /// Panics if the network has no whitening layer or a shape differs.
+    pub fn with_whitening(mut self, filters: Tensor<4>, bias: Tensor<1>) -> Self {
+        let whiten = self
+            .whiten
+            .take()
+            .expect("this network has no whitening layer (CnnConfig::whiten is 0)");
+        self.whiten = Some(whiten.with_filters(filters, bias));
+        self
+    }
+
     /// Computes class scores (logits).
     ///
     /// # Shapes
@@ -318,6 +421,12 @@ impl Cnn {
 
     fn run(&self, input: Tensor<4>, mut observed: Option<&mut Vec<LayerActivations>>) -> Tensor<2> {
         let mut x = input;
+        if let Some(whiten) = &self.whiten {
+            x = whiten.forward(x);
+            if let Some(activation) = &self.whiten_activation {
+                x = activation.forward(x);
+            }
+        }
         for (s, stage) in self.stages.iter().enumerate() {
             for (c, conv) in stage.convs.iter().enumerate() {
                 let obs = observed

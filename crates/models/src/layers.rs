@@ -1,9 +1,11 @@
 //! The building blocks: an affine layer and a conv layer, each followed by
 //! optional batch norm and an activation.
 
+use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
+use burn::tensor::ops::ConvOptions;
 
 use crate::{Activation, ActivationConfig, Init, LayerActivations};
 
@@ -151,7 +153,97 @@ pub(crate) fn dense_stack(
     (blocks, width)
 }
 
-/// A same-padded Conv2d, then batch norm (optional), then activation.
+/// Configuration of a [`ConvBlock`].
+#[derive(Config, Debug, PartialEq)]
+pub struct ConvBlockConfig {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels (after the activation).
+    pub channels: usize,
+    /// Odd kernel size; same padding.
+    #[config(default = 3)]
+    pub kernel: usize,
+    /// The nonlinearity.
+    #[config(default = "ActivationConfig::Relu")]
+    pub activation: ActivationConfig,
+    /// The weight initialization.
+    #[config(default = "Init::He")]
+    pub init: Init,
+    /// Batch norm between the convolution and the activation (the
+    /// convolution then has no bias).
+    #[config(default = true)]
+    pub batch_norm: bool,
+    /// Whether batch norm learns its scale γ; when not, γ stays 1 and only
+    /// the shift β learns (the fast CIFAR-10 records do this).
+    #[config(default = true)]
+    pub norm_scale: bool,
+    /// A 2x2 max pool right after the convolution, before batch norm and
+    /// the activation (airbench's order: the layers after it work on a
+    /// quarter of the positions).
+    #[config(default = false)]
+    pub pool: bool,
+    /// Initialize the convolution as the identity on its first
+    /// `min(in, out)` output channels (PyTorch's `dirac_`), the rest from
+    /// `init`: the block starts out passing its input through.
+    #[config(default = false)]
+    pub identity: bool,
+}
+
+impl ConvBlockConfig {
+    /// Builds the block on `device`.
+    ///
+    /// Panics if the kernel size is even or a size is zero.
+    pub fn init(&self, device: &Device) -> ConvBlock {
+        assert!(
+            self.in_channels > 0 && self.channels > 0,
+            "a conv block needs positive channel counts, got {} -> {}",
+            self.in_channels,
+            self.channels
+        );
+        let width = self.channels * self.activation.width_multiplier();
+        let mut conv = self.init.conv2d(
+            self.in_channels,
+            width,
+            self.kernel,
+            !self.batch_norm,
+            device,
+        );
+        if self.identity {
+            conv.weight = burn::module::Param::from_tensor(dirac(conv.weight.val()).detach());
+        }
+        let norm = self.batch_norm.then(|| {
+            let mut norm = BatchNormConfig::new(width).init(device);
+            if !self.norm_scale {
+                norm.gamma = norm.gamma.set_require_grad(false);
+            }
+            norm
+        });
+        ConvBlock {
+            conv,
+            norm,
+            activation: self.activation.init(self.channels, device),
+            pool: self.pool,
+        }
+    }
+}
+
+/// `weight` `[CO, C, K, K]` with its first `min(CO, C)` output channels
+/// replaced by the identity: a 1 at the kernel's centre on the matching
+/// input channel.
+fn dirac(weight: Tensor<4>) -> Tensor<4> {
+    let [co, c, kh, kw] = weight.dims();
+    let n = co.min(c);
+    let mut identity = vec![0f32; n * c * kh * kw];
+    for o in 0..n {
+        identity[((o * c + o) * kh + kh / 2) * kw + kw / 2] = 1.0;
+    }
+    let identity =
+        Tensor::<4>::from_data(TensorData::new(identity, [n, c, kh, kw]), &weight.device());
+    weight.slice_assign([0..n, 0..c, 0..kh, 0..kw], identity)
+}
+
+/// A same-padded Conv2d, then (optionally) a 2x2 max pool, then batch norm
+/// (optional), then activation.
 #[derive(Module, Debug)]
 pub struct ConvBlock {
     /// The convolution (`pieces x channels` outputs for Maxout).
@@ -160,31 +252,16 @@ pub struct ConvBlock {
     pub norm: Option<BatchNorm>,
     /// The nonlinearity.
     pub activation: Activation,
+    /// A 2x2 max pool right after the convolution.
+    #[module(skip)]
+    pub pool: bool,
 }
 
 impl ConvBlock {
-    /// A block of `channels` output channels; the conv has a bias only without batch norm.
-    pub fn new(
-        in_channels: usize,
-        channels: usize,
-        kernel: usize,
-        activation: &ActivationConfig,
-        init: &Init,
-        batch_norm: bool,
-        device: &Device,
-    ) -> Self {
-        let width = channels * activation.width_multiplier();
-        Self {
-            conv: init.conv2d(in_channels, width, kernel, !batch_norm, device),
-            norm: batch_norm.then(|| BatchNormConfig::new(width).init(device)),
-            activation: activation.init(channels, device),
-        }
-    }
-
     /// # Shapes
     ///
     /// - input: `[N, in_channels, H, W]`
-    /// - output: `[N, channels, H, W]`
+    /// - output: `[N, channels, H, W]` (`[N, channels, H / 2, W / 2]` with `pool`)
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         self.forward_observed(input, None)
     }
@@ -196,7 +273,34 @@ impl ConvBlock {
         input: Tensor<4>,
         observed: Option<(&mut Vec<LayerActivations>, String)>,
     ) -> Tensor<4> {
-        let x = self.conv.forward(input);
+        let mut x = convolve(&self.conv, input);
+        if self.pool {
+            x = cifar_kernels::max_pool_2x2(x);
+        }
         norm_then_activate(x, self.norm.as_ref(), &self.activation, observed)
     }
+}
+
+/// `conv` applied to `input`, as [`Conv2d::forward`], through
+/// [`cifar_kernels::conv2d`]: the faster kernel on flex, Burn's operation
+/// elsewhere. "Same" padding, which depends on the input size, stays with
+/// Burn's module.
+///
+/// # Shapes
+///
+/// - input: `[N, C, H, W]`
+/// - output: `[N, CO, OH, OW]`
+pub fn convolve(conv: &Conv2d, input: Tensor<4>) -> Tensor<4> {
+    let padding = match conv.padding {
+        PaddingConfig2d::Explicit(top, left, bottom, right) => [(top, bottom), (left, right)],
+        PaddingConfig2d::Valid => [(0, 0), (0, 0)],
+        PaddingConfig2d::Same => return conv.forward(input),
+    };
+    let options = ConvOptions::new_with_padding(conv.stride, padding, conv.dilation, conv.groups);
+    cifar_kernels::conv2d(
+        input,
+        conv.weight.val(),
+        conv.bias.as_ref().map(|bias| bias.val()),
+        options,
+    )
 }

@@ -35,11 +35,13 @@ mod layers;
 mod mlp;
 mod model;
 mod observe;
+mod whiten;
 
 pub use activation::{Activation, ActivationConfig, Maxout};
 pub use cnn::{Cnn, CnnConfig, HeadPooling, StageConfig};
 pub use init::Init;
-pub use layers::{ConvBlock, DenseBlock};
+pub use layers::{ConvBlock, ConvBlockConfig, DenseBlock, convolve};
 pub use mlp::{Mlp, MlpConfig};
 pub use model::{LayerSettings, Model, ModelConfig};
 pub use observe::{ActivationStats, Histogram, LayerActivations};
+pub use whiten::{Whiten, WhitenConfig};

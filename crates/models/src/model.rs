@@ -110,7 +110,7 @@ impl ModelConfig {
     }
 
     /// The names accepted by [`preset`](Self::preset).
-    pub const PRESETS: [&'static str; 7] = [
+    pub const PRESETS: [&'static str; 8] = [
         "mlp",
         "two-layer",
         "three-layer",
@@ -118,12 +118,14 @@ impl ModelConfig {
         "cnn",
         "vgg",
         "resnet9",
+        "airbench",
     ];
 
     /// A named preset: `mlp` or `two-layer` (3072-100-10 ReLU), `three-layer`
     /// (CS231n's convnet), `small-cnn`, `cnn` (a narrow VGG-style net with
-    /// batch norm, the default), `vgg` (VGG-style with batch norm) or
-    /// `resnet9` (ResNet-9 style).
+    /// batch norm, the default), `vgg` (VGG-style with batch norm),
+    /// `resnet9` (ResNet-9 style) or `airbench` (the fast-record network with
+    /// patch whitening, see [`CnnConfig::airbench`]).
     pub fn preset(name: &str) -> Option<Self> {
         Some(match name {
             "mlp" | "two-layer" => ModelConfig::Mlp(MlpConfig::new()),
@@ -132,6 +134,7 @@ impl ModelConfig {
             "cnn" => ModelConfig::Cnn(CnnConfig::vgg_with_widths([32, 64, 128])),
             "vgg" => ModelConfig::Cnn(CnnConfig::vgg()),
             "resnet9" => ModelConfig::Cnn(CnnConfig::resnet9()),
+            "airbench" => ModelConfig::Cnn(CnnConfig::airbench()),
             _ => return None,
         })
     }
@@ -143,7 +146,8 @@ impl FromStr for ModelConfig {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::preset(s).ok_or_else(|| {
             format!(
-                "unknown model '{s}': expected mlp, two-layer, three-layer, small-cnn, cnn, vgg or resnet9"
+                "unknown model '{s}': expected one of {}",
+                Self::PRESETS.join(", ")
             )
         })
     }

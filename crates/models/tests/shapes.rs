@@ -27,7 +27,14 @@ fn images(n: usize, device: &Device) -> Tensor<4> {
 #[test]
 fn every_preset_gives_logits_per_class() {
     let device = Device::flex();
-    for name in ["mlp", "three-layer", "small-cnn", "vgg", "resnet9"] {
+    for name in [
+        "mlp",
+        "three-layer",
+        "small-cnn",
+        "vgg",
+        "resnet9",
+        "airbench",
+    ] {
         let model = ModelConfig::preset(name).unwrap().init(&device);
         let logits = model.forward(images(2, &device));
         assert_eq!(logits.dims(), [2, 10], "{name}");

@@ -26,7 +26,7 @@ use serde::Serialize;
 use crate::callbacks::{Callback, Checkpointer, EpochEnd, EpochSummary, MetricsLog};
 use crate::config::TrainConfig;
 use crate::dataset::Prepared;
-use crate::evaluate::{evaluate, evaluate_indices};
+use crate::evaluate::{Tta, evaluate, evaluate_indices};
 use crate::monitor::{LayerMonitor, MonitorSettings};
 use crate::progress::{Progress, ProgressReport};
 use crate::rundir::{RunDir, TrainState};
@@ -142,7 +142,12 @@ pub fn fit(
     device: &Device,
     options: FitOptions,
 ) -> Result<RunSummary> {
-    let mut trainer = Trainer::new(config, device);
+    // A resumed run's data-fitted layers come from its checkpoint.
+    let mut trainer = if options.resume {
+        Trainer::new(config, device)
+    } else {
+        Trainer::for_data(config, device, &data.train)?
+    };
     let mut state = TrainState {
         epoch: 0,
         batch: 0,
@@ -160,7 +165,7 @@ pub fn fit(
             "--resume: the run already trained {} epochs; pass a larger --epochs to train longer",
             saved.epoch
         );
-        trainer = Trainer::from_parts(model, optim, device);
+        trainer = Trainer::from_parts(config, model, optim, device);
         trainer.set_initial_loss(saved.initial_loss);
         state = saved;
     }
@@ -226,6 +231,7 @@ pub fn fit(
         let epoch_start = Instant::now();
         let mut images = 0usize;
         let mut lr = config.lr_at(state.iteration, total, per_epoch);
+        batcher.set_epoch(epoch, config.seed);
         progress.on_epoch_start(epoch, batches.len(), state.batch);
         metrics.on_epoch_start(epoch, batches.len(), state.batch);
         for indices in &batches[state.batch..] {
@@ -306,8 +312,9 @@ pub fn fit(
         let train_seconds = epoch_start.elapsed().as_secs_f64();
         images_trained += images;
         let eval_model = trainer.model().valid();
-        let val = evaluate(&eval_model, &data.val, 500, device);
-        let train_eval = evaluate_indices(&eval_model, &data.train, &sample, 500, device);
+        let val = evaluate(&eval_model, &data.val, 500, device, config.tta);
+        let train_eval =
+            evaluate_indices(&eval_model, &data.train, &sample, 500, device, Tta::None);
         last_epoch_loss = state.epoch_loss_sum / state.batch.max(1) as f64;
         state.epoch += 1;
         state.batch = 0;
@@ -373,7 +380,7 @@ pub fn fit(
     let test_accuracy = match (&data.test, &status) {
         (Some(test), RunStatus::Finished) => {
             let best = run.load_best(config.model.init(device))?;
-            Some(evaluate(&best, test, 500, device).accuracy)
+            Some(evaluate(&best, test, 500, device, config.tta).accuracy)
         }
         _ => None,
     };

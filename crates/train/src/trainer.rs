@@ -10,18 +10,46 @@
 //! is a [`StepOutcome::Diverged`]: the update is skipped and the caller
 //! decides what to do.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::{
     AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, RmsPropConfig, SgdConfig,
     decay::WeightDecayConfig, momentum::MomentumConfig,
 };
 use burn::prelude::*;
-use cifar_data::CifarBatch;
+use cifar_data::{CifarBatch, Features, PatchWhitening};
 use cifar_models::Model;
 use serde::Serialize;
 
 use crate::config::{OptimizerKind, TrainConfig};
+
+/// `model` with the layers whose weights come from data statistics rather
+/// than training fitted on `train`: a CNN's patch whitening
+/// ([`PatchWhitening`], on the first 5,000 images as airbench does).
+/// Other models come back unchanged.
+pub fn fit_data_layers(model: Model, train: &Features) -> Result<Model> {
+    let Model::Cnn(cnn) = model else {
+        return Ok(model);
+    };
+    let Some(whiten) = &cnn.whiten else {
+        return Ok(Model::Cnn(cnn));
+    };
+    let [_, _, patch, _] = whiten.weight.dims();
+    let fitted = PatchWhitening::new()
+        .with_patch(patch)
+        .fit(train)
+        .context("fitting the whitening layer on the training images")?;
+    let device = whiten.weight.device();
+    let filters = Tensor::<4>::from_data(
+        TensorData::new(fitted.filters.clone(), fitted.filter_shape()),
+        &device,
+    );
+    let bias = Tensor::<1>::from_data(
+        TensorData::new(fitted.bias.clone(), [fitted.bias.len()]),
+        &device,
+    );
+    Ok(Model::Cnn(cnn.with_whitening(filters, bias)))
+}
 
 /// Where a step stands in its run.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -154,14 +182,35 @@ impl Trainer {
         let device = device.clone().autodiff();
         device.seed(config.seed);
         let model = config.model.init(&device);
-        Self::from_parts(model, optimizer(config), &device)
+        Self::from_parts(config, model, optimizer(config), &device)
+    }
+
+    /// As [`new`](Self::new), with the model's data-fitted layers (a CNN's
+    /// patch whitening) fitted on `train`, the preprocessed training split.
+    pub fn for_data(config: &TrainConfig, device: &Device, train: &Features) -> Result<Self> {
+        let mut trainer = Self::new(config, device);
+        let model = trainer
+            .model
+            .take()
+            .expect("a trainer always holds its model");
+        trainer.model = Some(fit_data_layers(model, train)?);
+        Ok(trainer)
     }
 
     /// A trainer around an existing model (built on, or moved to, an autodiff device) and optimizer.
-    pub fn from_parts(model: Model, optim: ModuleOptimizer, device: &Device) -> Self {
+    pub fn from_parts(
+        config: &TrainConfig,
+        model: Model,
+        optim: ModuleOptimizer,
+        device: &Device,
+    ) -> Self {
         let device = device.clone().autodiff();
         Self {
-            loss: CrossEntropyLossConfig::new().init(&device),
+            loss: CrossEntropyLossConfig::new()
+                .with_smoothing(
+                    (config.label_smoothing > 0.0).then_some(config.label_smoothing as f32),
+                )
+                .init(&device),
             model: Some(model),
             optim,
             device,
@@ -267,5 +316,47 @@ impl Trainer {
         }
         self.model = Some(model);
         Ok(StepOutcome::Updated { loss: value })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cifar_data::FeatureShape;
+    use cifar_models::{CnnConfig, ModelConfig, StageConfig};
+
+    #[test]
+    fn a_whitened_cnn_gets_the_filters_fitted_on_the_training_images() {
+        let values: Vec<f32> = (0..6 * 3 * 8 * 8)
+            .map(|v| ((v * 7919) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let train = Features {
+            values,
+            labels: vec![0; 6],
+            shape: FeatureShape::Image {
+                channels: 3,
+                height: 8,
+                width: 8,
+            },
+        };
+        let config = TrainConfig {
+            model: ModelConfig::Cnn(
+                CnnConfig::new(vec![StageConfig::new(vec![4])])
+                    .with_image_size(8)
+                    .with_whiten(2),
+            ),
+            ..TrainConfig::default()
+        };
+        let trainer = Trainer::for_data(&config, &Device::flex(), &train).unwrap();
+        let Model::Cnn(cnn) = trainer.model() else {
+            panic!("a CNN")
+        };
+        let weights = cnn.whiten.as_ref().unwrap().weight.val().into_data();
+        let expected = PatchWhitening::new().fit(&train).unwrap();
+        let shape = expected.filter_shape();
+        weights.assert_eq(&TensorData::new(expected.filters, shape), true);
+        // Without whitening, the model is left as it was built.
+        let plain = Trainer::for_data(&TrainConfig::default(), &Device::flex(), &train).unwrap();
+        assert!(matches!(plain.model(), Model::Cnn(c) if c.whiten.is_none()));
     }
 }

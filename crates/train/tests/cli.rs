@@ -605,3 +605,109 @@ fn eval_finds_the_runs_data_folder() {
     ]));
     assert_eq!(eval["examples"], 50, "{eval}");
 }
+
+#[test]
+fn fast_recipe_trains_with_every_ingredient_switchable() {
+    let (tmp, data) = dataset();
+    let out = tmp.path().join("run");
+    let base = [
+        "fit",
+        "--data",
+        data.to_str().unwrap(),
+        "--recipe",
+        "fast",
+        "--channels",
+        "4,8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "50",
+        "--val-size",
+        "50",
+        "--json",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--out", out.to_str().unwrap()]);
+    let summary = json(&ok(&args));
+    assert_eq!(summary["epochs"], 1);
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let cnn = &config["model"]["cnn"];
+    assert_eq!(cnn["whiten"], 2);
+    assert_eq!(cnn["norm_scale"], false);
+    assert_eq!(cnn["identity_init"], true);
+    assert_eq!(
+        cnn["stages"][1]["early_pool"], true,
+        "--channels keeps the early pool"
+    );
+    assert_eq!(config["label-smoothing"], 0.2);
+    assert_eq!(config["tta"], "flip-shift");
+    assert_eq!(config["augment"]["pad"], 2);
+    assert_eq!(config["augment"]["alternate_flip"], true);
+    // The saved run evaluates, with another test-time augmentation too.
+    let eval = json(&ok(&[
+        "eval",
+        "--run",
+        out.to_str().unwrap(),
+        "--tta",
+        "flip",
+        "--json",
+    ]));
+    assert_eq!(eval["examples"], 50);
+    // Each ingredient off, by its flag.
+    let off = tmp.path().join("off");
+    let mut args = base.to_vec();
+    args.extend([
+        "--out",
+        off.to_str().unwrap(),
+        "--whiten",
+        "0",
+        "--norm-scale",
+        "true",
+        "--identity-init",
+        "false",
+        "--label-smoothing",
+        "0",
+        "--tta",
+        "none",
+        "--crop-pad",
+        "4",
+        "--flip",
+        "random",
+    ]);
+    json(&ok(&args));
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(off.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["model"]["cnn"]["whiten"], 0);
+    assert_eq!(config["model"]["cnn"]["norm_scale"], true);
+    assert_eq!(config["tta"], "none");
+    assert!(config["augment"].get("alternate_flip").is_none());
+    // Flags that make no sense say so.
+    let out = run(&["fit", "--recipe", "fastest"]);
+    assert!(stderr(&out).contains("--recipe fastest: expected one of default, fast"));
+    let out = run(&["fit", "--model", "mlp", "--whiten", "2"]);
+    assert!(
+        stderr(&out).contains("--whiten sets a CNN's layers"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["fit", "--augment", "false", "--flip", "alternate"]);
+    assert!(stderr(&out).contains("--augment false"), "{}", stderr(&out));
+}
+
+#[test]
+fn bench_prints_images_per_second_as_json() {
+    let line = json(&ok(&[
+        "bench",
+        "train",
+        "--model",
+        "small-cnn",
+        "--batch-size",
+        "4",
+        "--steps",
+        "1",
+        "--json",
+    ]));
+    assert!(line["images_per_sec"].as_f64().unwrap() > 0.0, "{line}");
+    assert_eq!(line["backend"], "flex");
+}

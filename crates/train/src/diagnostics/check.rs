@@ -190,7 +190,7 @@ pub fn loss_at_init(
     options: &CheckOptions,
     classes: usize,
 ) -> Result<CheckResult> {
-    let trainer = Trainer::new(config, device);
+    let trainer = Trainer::for_data(config, device, &data.train)?;
     let batcher = CifarBatcher::new(data.train.clone());
     let batches = EpochOrder::new(data.train.len(), config.seed).batches(0, config.batch_size);
     let used: Vec<f64> = batches
@@ -244,7 +244,7 @@ pub fn regularization(
     data: &Prepared,
     device: &Device,
 ) -> Result<CheckResult> {
-    let trainer = Trainer::new(config, device);
+    let trainer = Trainer::for_data(config, device, &data.train)?;
     let batch = first_examples(&data.train, config.batch_size, trainer.device());
     let loss = trainer.loss_of(batch);
     let penalty = l2_penalty(trainer.model(), LARGE_LAMBDA);
@@ -271,7 +271,7 @@ pub fn overfit(
     device: &Device,
     options: &CheckOptions,
 ) -> Result<CheckResult> {
-    let mut trainer = Trainer::new(config, device);
+    let mut trainer = Trainer::for_data(config, device, &data.train)?;
     trainer.divergence_factor = f64::INFINITY;
     let n = options.overfit_examples.min(data.train.len());
     let batch = first_examples(&data.train, n, trainer.device());
@@ -526,7 +526,7 @@ pub fn gradient_check(
     device: &Device,
     options: &CheckOptions,
 ) -> Result<CheckResult> {
-    let trainer = Trainer::new(config, device);
+    let trainer = Trainer::for_data(config, device, &data.train)?;
     let batch = first_examples(&data.train, options.grad_batch, trainer.device());
     let (errors, precision) =
         layer_grad_errors(trainer.model(), &batch, options.grad_samples, config.seed);
@@ -833,7 +833,7 @@ pub fn lr_extremes(
     let steps = options.extreme_steps.max(1);
     let size = config.batch_size.min(64);
     // Tiny: the same batch before and after, so only the weights change.
-    let mut trainer = Trainer::new(config, device);
+    let mut trainer = Trainer::for_data(config, device, &data.train)?;
     let batch = first_examples(&data.train, size, trainer.device());
     let before = trainer.loss_of(batch.clone());
     for step in 0..steps {
@@ -848,7 +848,7 @@ pub fn lr_extremes(
     let after = trainer.loss_of(batch.clone());
     let moved = (after - before).abs() / before.abs().max(1e-12);
     // Huge: fresh batches, stopped by the same divergence rule as `train fit`.
-    let mut trainer = Trainer::new(config, device);
+    let mut trainer = Trainer::for_data(config, device, &data.train)?;
     let batcher = CifarBatcher::new(data.train.clone());
     let order = EpochOrder::new(data.train.len(), config.seed);
     let mut exploded = None;

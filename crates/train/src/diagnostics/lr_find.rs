@@ -189,7 +189,7 @@ pub fn lr_find(
     let mut config = config.clone();
     config.lr_schedule = LrSchedule::Constant;
     config.warmup = 0.0;
-    let mut trainer = Trainer::new(&config, device);
+    let mut trainer = Trainer::for_data(&config, device, &data.train)?;
     // The sweep has its own stopping rule.
     trainer.divergence_factor = f64::INFINITY;
     let batcher = CifarBatcher::new(data.train.clone()).with_augmentation(config.augment);

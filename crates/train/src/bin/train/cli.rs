@@ -8,6 +8,7 @@ use cifar_data::Preprocessing;
 use cifar_models::{ActivationConfig, Init, ModelConfig, StageConfig};
 use cifar_train::backend::Adapter;
 use cifar_train::config::{Backend, LrSchedule, OptimizerKind, TrainConfig};
+use cifar_train::evaluate::Tta;
 use cifar_train::search::runner::Prune;
 use clap::{Args, Parser, Subcommand};
 
@@ -107,7 +108,7 @@ pub struct TrainFlags {
     /// With --backend wgpu, the GPU adapter: default, N (= discrete:N), discrete:N, integrated:N, virtual:N or cpu (not saved in the run: a resumed run may move) [default: default]
     #[arg(long, value_name = "ADAPTER")]
     pub device: Option<Adapter>,
-    /// A preset: mlp (= two-layer, 3072-100-10), three-layer, small-cnn, cnn, vgg, resnet9 [default: cnn]
+    /// A preset: mlp (= two-layer, 3072-100-10), three-layer, small-cnn, cnn, vgg, resnet9, airbench (the fast-record network with patch whitening) [default: cnn]
     #[arg(long, value_name = "NAME")]
     pub model: Option<ModelConfig>,
     /// MLP hidden layer sizes, comma-separated (e.g. 100 or 512,512,512,512)
@@ -126,11 +127,31 @@ pub struct TrainFlags {
     /// Dropout probability
     #[arg(long, value_name = "P")]
     pub dropout: Option<f64>,
+    /// CNN: a frozen first convolution that whitens every K x K patch, its filters fitted on the training images (0: none) [default: 0; airbench: 2]
+    #[arg(long, value_name = "K")]
+    pub whiten: Option<usize>,
+    /// CNN: batch norm learns its scale γ (false: γ stays 1 and only the shift learns, as in airbench) [default: true]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub norm_scale: Option<bool>,
+    /// CNN: the second and later convolutions of each stage start as the identity (PyTorch's dirac_) [default: false; airbench: true]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub identity_init: Option<bool>,
+    /// Label smoothing α: the cross-entropy target gives the true class 1 - α + α/10 and every other class α/10 [default: 0]
+    #[arg(long, value_name = "ALPHA")]
+    pub label_smoothing: Option<f64>,
+    #[arg(long, value_name = "NAME", help = names_help_with(&Tta::NAMES, "none", ": test-time augmentation of the validation and test predictions; flip averages the image and its mirror, flip-shift also their 1-pixel shifts"))]
+    pub tta: Option<Tta>,
     #[arg(long, value_name = "METHOD", help = format!("{} [default: standardize]", Preprocessing::SPELLINGS))]
     pub preprocess: Option<Preprocessing>,
     /// Random crop (4-pixel padding) and horizontal flip of training images (`--augment` alone means true) [default: true]
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub augment: Option<bool>,
+    /// With --augment: pixels of zero padding before the random crop, that is the largest shift (0: no crop) [default: 4; airbench: 2]
+    #[arg(long, value_name = "PIXELS")]
+    pub crop_pad: Option<usize>,
+    /// With --augment: none, random (each image at random every epoch) or alternate (each image in every other epoch, airbench's) [default: random]
+    #[arg(long, value_name = "MODE", value_parser = ["none", "random", "alternate"])]
+    pub flip: Option<String>,
     #[arg(long, value_name = "NAME", help = names_help(&OptimizerKind::NAMES, "nesterov"))]
     pub optimizer: Option<OptimizerKind>,
     /// Learning rate, or `find` to run the learning-rate finder first (train fit) [default: 0.05]
@@ -165,6 +186,9 @@ pub struct TrainFlags {
     /// Start from this JSON config (a run's config.json works); flags override it
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Start from a named recipe: default, or fast (the airbench network and the speed record's training: batch 1024, Nesterov 0.85, label smoothing, alternating flips, flip-shift TTA); flags override it
+    #[arg(long, value_name = "NAME", conflicts_with = "config")]
+    pub recipe: Option<String>,
 }
 
 /// `train fit`.
@@ -298,6 +322,8 @@ pub struct EvalArgs {
     pub source: DataSource,
     #[arg(long, value_name = "NAME", help = names_help(&Backend::NAMES, "the run's"))]
     pub backend: Option<Backend>,
+    #[arg(long, value_name = "NAME", help = names_help_with(&Tta::NAMES, "the run's", ": flip averages the image and its mirror, flip-shift also their 1-pixel shifts"))]
+    pub tta: Option<Tta>,
     /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
@@ -401,6 +427,9 @@ pub struct BenchArgs {
     /// Run the layer monitor every K steps during the timed steps (train), to measure its cost
     #[arg(long, value_name = "K")]
     pub monitor_every: Option<usize>,
+    /// Print one JSON object ({"images_per_sec": ...}) instead of text (train)
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl TrainFlags {
@@ -420,6 +449,7 @@ impl TrainFlags {
             "lr" => self.lr = Some(LrArg::Value(parse(name, text)?)),
             "weight-decay" => self.weight_decay = Some(parse(name, text)?),
             "dropout" => self.dropout = Some(parse(name, text)?),
+            "label-smoothing" => self.label_smoothing = Some(parse(name, text)?),
             "momentum" => self.momentum = Some(parse(name, text)?),
             "batch-size" => self.batch_size = Some(parse(name, text)?),
             "warmup" => self.warmup = Some(parse(name, text)?),
@@ -452,6 +482,14 @@ impl TrainFlags {
             (None, Some(base)) => base,
             (None, None) => TrainConfig::default(),
         };
+        if let Some(name) = &self.recipe {
+            c = TrainConfig::recipe(name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--recipe {name}: expected one of {}",
+                    TrainConfig::RECIPES.join(", ")
+                )
+            })?;
+        }
         if let Some(b) = self.backend {
             c.backend = b;
         }
@@ -473,9 +511,11 @@ impl TrainFlags {
                         widths.iter().all(|&w| w > 0),
                         "--channels must be positive widths, got {widths:?}"
                     );
+                    // The preset's pooling order stays (airbench pools early).
+                    let early = m.stages.first().is_some_and(|s| s.early_pool);
                     m.stages = widths
                         .iter()
-                        .map(|&w| StageConfig::new(vec![w, w]))
+                        .map(|&w| StageConfig::new(vec![w, w]).with_early_pool(early))
                         .collect();
                 }
                 ModelConfig::Mlp(_) => bail!(
@@ -488,6 +528,37 @@ impl TrainFlags {
                 hidden.iter().all(|&h| h > 0),
                 "--hidden must be positive sizes, got {hidden:?}"
             );
+        }
+        let cnn_settings = [
+            ("--whiten", self.whiten.is_some()),
+            ("--norm-scale", self.norm_scale.is_some()),
+            ("--identity-init", self.identity_init.is_some()),
+        ];
+        match &mut c.model {
+            ModelConfig::Cnn(m) => {
+                if let Some(k) = self.whiten {
+                    m.whiten = k;
+                }
+                if let Some(b) = self.norm_scale {
+                    m.norm_scale = b;
+                }
+                if let Some(b) = self.identity_init {
+                    m.identity_init = b;
+                }
+            }
+            ModelConfig::Mlp(_) => {
+                if let Some((flag, _)) = cnn_settings.iter().find(|(_, given)| *given) {
+                    bail!(
+                        "{flag} sets a CNN's layers; use --model cnn or airbench (an MLP's input is whitened by --preprocess zca or pca-whiten:K)"
+                    );
+                }
+            }
+        }
+        if let Some(a) = self.label_smoothing {
+            c.label_smoothing = a;
+        }
+        if let Some(t) = self.tta {
+            c.tta = t;
         }
         let layers = c.model.layer_settings();
         if let Some(a) = self.activation {
@@ -507,6 +578,20 @@ impl TrainFlags {
         }
         if let Some(a) = self.augment {
             c.augment = a.then(cifar_data::Augmentation::new);
+        }
+        if self.crop_pad.is_some() || self.flip.is_some() {
+            let Some(augment) = c.augment.as_mut() else {
+                bail!(
+                    "--crop-pad and --flip shape the augmentation, which --augment false turned off"
+                );
+            };
+            if let Some(pad) = self.crop_pad {
+                augment.pad = pad;
+            }
+            if let Some(flip) = &self.flip {
+                augment.flip = flip != "none";
+                augment.alternate_flip = flip == "alternate";
+            }
         }
         if let Some(o) = self.optimizer {
             c.optimizer = o;
@@ -563,7 +648,7 @@ mod tests {
     use super::*;
 
     /// Every `train fit` option that takes a value.
-    const VALUE_FLAGS: [&str; 24] = [
+    const VALUE_FLAGS: [&str; 32] = [
         "--backend",
         "--device",
         "--model",
@@ -573,8 +658,15 @@ mod tests {
         "--init",
         "--batch-norm",
         "--dropout",
+        "--whiten",
+        "--norm-scale",
+        "--identity-init",
+        "--label-smoothing",
+        "--tta",
         "--preprocess",
         "--augment",
+        "--crop-pad",
+        "--flip",
         "--optimizer",
         "--lr",
         "--momentum",
@@ -586,6 +678,7 @@ mod tests {
         "--seed",
         "--train-size",
         "--val-size",
+        "--recipe",
         "--until-epoch",
         "--checkpoint-every",
     ];

@@ -32,7 +32,8 @@ pub fn eval_command(args: &EvalArgs) -> Result<()> {
             .context("--split test: this data folder has no test_batch.bin; use --split val")?,
     };
     let features = Arc::new(fitted.transform(set));
-    let eval = cifar_train::evaluate::evaluate(&model, &features, 500, &device);
+    let tta = args.tta.unwrap_or(config.tta);
+    let eval = cifar_train::evaluate::evaluate(&model, &features, 500, &device, tta);
     let png = run.file(&format!("confusion-{}.png", args.split));
     charts::confusion_chart(
         &png,
