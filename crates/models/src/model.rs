@@ -244,6 +244,9 @@ impl ModelConfig {
 /// An [`Mlp`] or a [`Cnn`].
 #[derive(Module, Debug)]
 #[allow(missing_docs)]
+// A few hundred bytes of handles, one value per trainer: boxing the CNN
+// would cost every match an indirection for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Model {
     Mlp(Mlp),
     Cnn(Cnn),
