@@ -44,7 +44,8 @@ impl NamedParam {
 
 /// Every trainable parameter of `model`, in module order, each with its
 /// gradient from `grads` when given. Parameters without a gradient in
-/// `grads` (batch norm's running statistics) are left out.
+/// `grads` (batch norm's running statistics) and, on an autodiff device,
+/// frozen ones (a whitening layer) are left out.
 pub fn parameters(model: &Model, grads: Option<&GradientsParams>) -> Vec<NamedParam> {
     let mut visitor = Collector {
         path: Vec::new(),
@@ -85,6 +86,11 @@ impl ModuleVisitor for Collector<'_> {
         if self.path.last().is_some_and(|n| n.starts_with("running_")) {
             return;
         }
+        // Nor are frozen ones (a whitening layer, a fixed batch-norm scale),
+        // which a model on an autodiff device marks as asking no gradient.
+        if param.device().is_autodiff() && !param.is_require_grad() {
+            return;
+        }
         let grad = match self.grads {
             Some(grads) => match grads.get::<D>(param.id) {
                 Some(g) => Some(flatten(g)),
@@ -112,6 +118,28 @@ fn flatten<const D: usize>(t: Tensor<D>) -> Tensor<1> {
 mod tests {
     use super::*;
     use cifar_models::{CnnConfig, MlpConfig, ModelConfig};
+
+    #[test]
+    fn frozen_parameters_are_left_out() {
+        let device = Device::flex().autodiff();
+        let model = ModelConfig::Cnn(
+            CnnConfig::new(vec![cifar_models::StageConfig::new(vec![4])])
+                .with_whiten(2)
+                .with_norm_scale(false),
+        )
+        .init(&device);
+        let names: Vec<String> = parameters(&model, None)
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert!(!names.iter().any(|n| n.starts_with("whiten")), "{names:?}");
+        assert!(!names.iter().any(|n| n.ends_with("gamma")), "{names:?}");
+        assert!(names.iter().any(|n| n.ends_with("norm.beta")), "{names:?}");
+        assert!(
+            names.contains(&"stages.0.convs.0.conv.weight".to_string()),
+            "{names:?}"
+        );
+    }
 
     #[test]
     fn names_follow_the_module_tree() {
