@@ -210,25 +210,29 @@ mod tests {
         burn::tensor::module::max_pool2d(x, burn::tensor::ops::MaxPoolOptions::new([2, 2]))
     }
 
-    #[test]
-    fn forward_and_gradient_equal_burns_max_pool() {
-        let device = Device::flex().autodiff();
-        device.seed(5);
-        let x = input(&device).require_grad();
-        // A gradient that differs per output, so misrouting shows.
-        let weights =
-            Tensor::<4>::random([3, 5, 4, 3], burn::tensor::Distribution::Default, &device);
+    /// The kernel's output and input gradient on `x` equal Burn's exactly.
+    fn same_as_burn(x: Tensor<4>, device: &Device) {
+        let x = x.require_grad();
         let ours = max_pool_2x2(x.clone());
         let reference = burn_pool(x.clone());
         ours.clone()
             .into_data()
             .assert_eq(&reference.clone().into_data(), true);
+        // A gradient that differs per output, so misrouting shows.
+        let weights = Tensor::<4>::random(ours.dims(), burn::tensor::Distribution::Default, device);
         let g_ours = (ours * weights.clone()).sum().backward();
         let g_ref = (reference * weights).sum().backward();
         x.grad(&g_ours)
             .unwrap()
             .into_data()
             .assert_eq(&x.grad(&g_ref).unwrap().into_data(), true);
+    }
+
+    #[test]
+    fn forward_and_gradient_equal_burns_max_pool() {
+        let device = Device::flex().autodiff();
+        device.seed(5);
+        same_as_burn(input(&device), &device);
         // On a plain flex device too, without indices.
         let plain = Device::flex();
         let y = input(&plain);
@@ -242,20 +246,7 @@ mod tests {
         let device = Device::flex().autodiff();
         device.seed(6);
         for shape in [[2, 3, 7, 5], [1, 2, 31, 31], [2, 1, 3, 4]] {
-            let x = input_of(shape, &device).require_grad();
-            let ours = max_pool_2x2(x.clone());
-            let reference = burn_pool(x.clone());
-            ours.clone()
-                .into_data()
-                .assert_eq(&reference.clone().into_data(), true);
-            let weights =
-                Tensor::<4>::random(ours.dims(), burn::tensor::Distribution::Default, &device);
-            let g_ours = (ours * weights.clone()).sum().backward();
-            let g_ref = (reference * weights).sum().backward();
-            x.grad(&g_ours)
-                .unwrap()
-                .into_data()
-                .assert_eq(&x.grad(&g_ref).unwrap().into_data(), true);
+            same_as_burn(input_of(shape, &device), &device);
         }
     }
 

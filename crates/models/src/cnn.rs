@@ -77,6 +77,13 @@ impl cifar_spelling::Upgrade<HeadPooling> for OlderHeadPooling {
 cifar_spelling::named_text!(HeadPooling, older = OlderHeadPooling);
 
 impl CnnConfig {
+    /// The height and width of the maps the first stage sees: the image,
+    /// less the `whiten - 1` pixels a whitening convolution without padding
+    /// takes off (0 for patches larger than the image, which `check` refuses).
+    fn stage_input_size(&self) -> usize {
+        (self.image_size + 1).saturating_sub(self.whiten.max(1))
+    }
+
     /// Whether the configuration can be built: at least one stage, each
     /// with positive widths, an odd kernel, no more pooling stages than the
     /// input size allows, positive sizes, a dropout in `[0, 1)`, a finite
@@ -98,8 +105,14 @@ impl CnnConfig {
         if self.in_channels == 0 || self.classes == 0 || self.head_hidden.contains(&0) {
             return Err("a CNN needs positive in_channels, classes and head_hidden sizes".into());
         }
+        if self.whiten > self.image_size {
+            return Err(format!(
+                "whitening patches of {} pixels do not fit a {}x{} input",
+                self.whiten, self.image_size, self.image_size
+            ));
+        }
         let pools = self.stages.iter().filter(|s| s.pool).count();
-        let size = self.image_size + 1 - self.whiten.clamp(1, self.image_size);
+        let size = self.stage_input_size();
         if pools >= usize::BITS as usize || size >> pools == 0 {
             let after = if self.whiten > 0 {
                 format!(
@@ -120,20 +133,12 @@ impl CnnConfig {
                 self.logit_scale
             ));
         }
-        if self.whiten > 0 {
-            if self.whiten > self.image_size {
-                return Err(format!(
-                    "whitening patches of {} pixels do not fit a {}x{} input",
-                    self.whiten, self.image_size, self.image_size
-                ));
-            }
-            if self.activation.width_multiplier() != 1 {
-                return Err(
-                    "patch whitening feeds its channels straight to the activation, so it \
-                     cannot be combined with maxout"
-                        .into(),
-                );
-            }
+        if self.whiten > 0 && self.activation.width_multiplier() != 1 {
+            return Err(
+                "patch whitening feeds its channels straight to the activation, so it \
+                 cannot be combined with maxout"
+                    .into(),
+            );
         }
         check_dropout(self.dropout)?;
         self.activation.check()?;
@@ -289,7 +294,7 @@ impl CnnConfig {
         let mut channels = whiten
             .as_ref()
             .map_or(self.in_channels, WhitenConfig::out_channels);
-        let mut size = self.image_size + 1 - self.whiten.max(1);
+        let mut size = self.stage_input_size();
         let mut stages = Vec::with_capacity(self.stages.len());
         for stage in &self.stages {
             let early = stage.pool && stage.early_pool;
