@@ -332,7 +332,8 @@ pub enum Activation {
 }
 
 impl Activation {
-    /// Applies the activation.
+    /// Applies the activation (ReLU and GELU through
+    /// [`cifar_kernels`]: all cores on flex, Burn's operation elsewhere).
     ///
     /// # Shapes
     ///
@@ -342,12 +343,12 @@ impl Activation {
         match self {
             Activation::Sigmoid(a) => a.forward(input),
             Activation::Tanh(a) => a.forward(input),
-            Activation::Relu(a) => a.forward(input),
+            Activation::Relu(_) => cifar_kernels::relu(input),
             Activation::LeakyRelu(a) => a.forward(input),
             Activation::PRelu(a) => a.forward(input),
             Activation::Elu(a) => a.forward(input),
             Activation::Maxout(a) => a.forward(input),
-            Activation::Gelu(a) => a.forward(input),
+            Activation::Gelu(_) => cifar_kernels::gelu(input),
             Activation::Silu(a) => a.forward(input),
         }
     }
