@@ -10,6 +10,7 @@
 //! - [`charts`] and [`report`]: the PNG charts and the run's `report.html`.
 //! - [`search`]: random hyperparameter search (its space and pruning rules).
 //! - [`images`]: reading a user's PNG or JPEG safely for `train predict`.
+//! - [`allocator`]: the memory allocator's setting for training.
 //! - [`config`], [`dataset`], [`evaluate`], [`rundir`], [`backend`],
 //!   [`params`], [`bench`]: configuration, data, evaluation, the run folder,
 //!   devices, named parameters and benchmarks.
@@ -18,6 +19,7 @@
 //! library; the library never depends on it.
 #![warn(missing_docs)]
 
+pub mod allocator;
 pub mod backend;
 pub mod bench;
 pub mod callbacks;

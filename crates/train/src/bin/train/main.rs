@@ -7,11 +7,13 @@ use clap::Parser;
 use cli::{Cli, Command};
 
 /// mimalloc keeps freed buffers for reuse, where glibc returns large ones to
-/// the system and takes page faults to get them back (see BENCHMARKS.md).
+/// the system and takes page faults to get them back (see BENCHMARKS.md);
+/// `main` tells it to keep them for good.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    cifar_train::allocator::keep_freed_memory();
     // `train ... | head` closes the pipe early: end quietly rather than panic.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
