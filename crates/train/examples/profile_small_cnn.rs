@@ -5,7 +5,9 @@
 //! `cargo run --release -p cifar-train --example profile_small_cnn`; add
 //! `-- --pool` to compare the max-pool kernels, `-- --batch-norm` for the
 //! default CNN's batch norms, `-- --conv` for the convolutions of the
-//! reference models, `-- --burn` for the step with Burn's own operations.
+//! reference models, `-- --airbench` for those of `--model airbench`
+//! (`-- --airbench-step` for its whole step),
+//! `-- --burn` for the step with Burn's own operations.
 
 use std::time::Instant;
 
@@ -52,6 +54,7 @@ fn profile(name: &str, shape: [usize; 4], op: impl Fn(Tensor<4>) -> Tensor<4>) -
 }
 
 fn main() {
+    cifar_train::allocator::keep_freed_memory();
     let device = Device::flex().autodiff();
     let n = 128;
     // Same padding, written out: the kernels take explicit padding.
@@ -120,6 +123,59 @@ fn main() {
         }
         return;
     }
+    if std::env::args().any(|a| a == "--airbench-step") {
+        // A whole training step of `--model airbench` (batch 256): forward,
+        // backward, no optimizer.
+        let model = cifar_models::CnnConfig::airbench().init(&device);
+        profile("airbench step (batch 256)", [256, 3, 32, 32], |x| {
+            model.forward(x).unsqueeze::<4>()
+        });
+        return;
+    }
+    if std::env::args().any(|a| a == "--airbench") {
+        // The convolutions of `--model airbench` at its batch of 256, after
+        // the whitening layer (24 channels, 31x31), with the project's kernels.
+        let n = 256;
+        let shapes = [
+            (24, 64, 31),
+            (64, 64, 15),
+            (64, 256, 15),
+            (256, 256, 7),
+            (256, 256, 3),
+        ];
+        let mut total = 0.0;
+        for (cin, cout, size) in shapes {
+            let layer = conv(cin, cout);
+            let name = format!("conv {cin}->{cout} ({size}x{size}), batch {n}");
+            total += profile(&name, [n, cin, size, size], |x| {
+                cifar_models::convolve(&layer, x)
+            })
+            .1;
+        }
+        println!("sum of the distinct convolutions: {total:.1} ms");
+        for (c, size) in [(24, 31), (64, 15), (256, 7), (256, 3)] {
+            let shape = [n, c, size, size];
+            profile(
+                &format!("burn-flex gelu {c}x{size}x{size}"),
+                shape,
+                burn::tensor::activation::gelu,
+            );
+            profile(
+                &format!("cifar-kernels gelu {c}x{size}x{size}"),
+                shape,
+                cifar_kernels::gelu,
+            );
+            let norm = burn::nn::BatchNormConfig::new(c).init(&device);
+            profile(&format!("batch norm {c}x{size}x{size}"), shape, |x| {
+                cifar_kernels::batch_norm_train(x, norm.gamma.val(), norm.beta.val(), 1e-5).output
+            });
+        }
+        for (c, size) in [(64, 31), (256, 15), (256, 7)] {
+            let name = format!("max pool 2x2 {c}x{size}x{size}");
+            profile(&name, [n, c, size, size], cifar_kernels::max_pool_2x2);
+        }
+        return;
+    }
     // The step with the project's kernels, or (`--burn`) with Burn's own operations.
     let burn = std::env::args().any(|a| a == "--burn");
     let convolve = |layer: &burn::nn::conv::Conv2d, x| {
@@ -136,29 +192,26 @@ fn main() {
             cifar_kernels::max_pool_2x2(x)
         }
     };
+    let relu = |x| {
+        if burn {
+            burn::tensor::activation::relu(x)
+        } else {
+            cifar_kernels::relu(x)
+        }
+    };
     let (conv1, conv2) = (conv(3, 32), conv(32, 64));
     let mut total = 0.0;
     total += profile("conv 3->32 (32x32)", [n, 3, 32, 32], |x| {
         convolve(&conv1, x)
     })
     .1;
-    total += profile(
-        "relu (32x32x32)",
-        [n, 32, 32, 32],
-        burn::tensor::activation::relu,
-    )
-    .1;
+    total += profile("relu (32x32x32)", [n, 32, 32, 32], relu).1;
     total += profile("max pool 2x2 (32x32x32)", [n, 32, 32, 32], max_pool).1;
     total += profile("conv 32->64 (16x16)", [n, 32, 16, 16], |x| {
         convolve(&conv2, x)
     })
     .1;
-    total += profile(
-        "relu (64x16x16)",
-        [n, 64, 16, 16],
-        burn::tensor::activation::relu,
-    )
-    .1;
+    total += profile("relu (64x16x16)", [n, 64, 16, 16], relu).1;
     total += profile("max pool 2x2 (64x16x16)", [n, 64, 16, 16], max_pool).1;
     total += profile("linear 4096->10", [n, 64, 8, 8], |x| {
         fc.forward(x.flatten::<2>(1, 3)).unsqueeze::<4>()
