@@ -1,10 +1,12 @@
-//! 2-D convolution as one matrix product per image, forward and backward.
+//! 2-D convolution as one matrix product per image (or per few images, for
+//! small maps), forward and backward.
 //!
 //! Each image's patches are unfolded once per pass into a `[C·kh·kw, OH·OW]`
-//! matrix (im2col); the output is `W · cols`, the weight gradient
-//! `Σ dY · colsᵀ`, the input gradient `Wᵀ · dY` folded back (col2im). The
-//! products run in faer, which picks AVX-512 kernels at run time; images
-//! spread over the cores, each product on one. burn-flex has no backward of
+//! matrix (im2col; images with small maps side by side in one matrix); the
+//! output is `W · cols`, the weight gradient `Σ dY · colsᵀ`, the input
+//! gradient `Wᵀ · dY` folded back (col2im). The products run in faer, which
+//! picks AVX-512 kernels at run time; images spread over the cores, each
+//! product on one. burn-flex has no backward of
 //! its own: its weight gradient runs as a convolution over swapped tensors
 //! with a handful of parallel tasks and its input gradient as a transposed
 //! convolution with a scalar col2im, which made them the slowest part of a
