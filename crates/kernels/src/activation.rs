@@ -351,11 +351,16 @@ impl<B: Backend + ActivationKernels, C: CheckpointStrategy> ActivationKernels fo
 mod tests {
     use super::*;
 
-    /// Largest difference between `a` and `b`, relative to `b`'s largest value.
+    /// Largest difference between `a` and `b`, relative to `b`'s largest
+    /// value when that is above 1, absolute otherwise. Burn's GELU,
+    /// `x (1 + erf(x/√2)) / 2`, loses its relative precision in the left
+    /// tail (`1 + erf` cancels), so a single small value (the `[1, 1, 1, 1]`
+    /// case: its draw depends on which other tests share the process-wide
+    /// seed) can only be compared absolutely.
     fn relative_gap(a: Tensor<4>, b: Tensor<4>) -> f32 {
         let a: Vec<f32> = a.into_data().try_to_vec().unwrap();
         let b: Vec<f32> = b.into_data().try_to_vec().unwrap();
-        let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
         a.iter()
             .zip(&b)
             .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
