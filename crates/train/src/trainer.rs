@@ -4,13 +4,15 @@
 //! A [`Trainer`] owns the model (on an autodiff device), the optimizer and
 //! the loss. [`Trainer::step`] runs forward, cross-entropy, backward and the
 //! optimizer update on one batch, and shows the gradients to
-//! [`StepObserver`]s before the optimizer consumes them, and the weights
+//! [`StepObserver`]s before the optimizer consumes them (batch norm shifts'
+//! already multiplied by `--norm-shift-lr-scale`), and the weights
 //! before and after the update once it has. A loss that is not finite, or
 //! that exceeds [`Trainer::divergence_factor`] times the first step's loss,
 //! is a [`StepOutcome::Diverged`]: the update is skipped and the caller
 //! decides what to do.
 
 use anyhow::{Context, Result};
+use burn::module::{ModuleVisitor, Param, ParamId};
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::{
     AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, RmsPropConfig, SgdConfig,
@@ -161,6 +163,53 @@ pub fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
     }
 }
 
+/// The ids of the shifts β of every [`BatchNorm`](burn::nn::BatchNorm) in
+/// `module`, in any model (Burn's visitor names each field and the struct
+/// that holds it).
+pub fn norm_shift_ids<M: Module>(module: &M) -> Vec<ParamId> {
+    /// Follows the visitor's path of (field, container) pairs.
+    #[derive(Default)]
+    struct Shifts {
+        path: Vec<(String, String)>,
+        ids: Vec<ParamId>,
+    }
+
+    impl ModuleVisitor for Shifts {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.path.push((name.to_owned(), container_type.to_owned()));
+        }
+
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some((field, container)) = self.path.last()
+                && field == "beta"
+                && container == "Struct:BatchNorm"
+            {
+                self.ids.push(param.id);
+            }
+        }
+    }
+
+    let mut shifts = Shifts::default();
+    module.visit(&mut shifts);
+    shifts.ids
+}
+
+/// Multiplies the gradients of `ids` (1-D parameters) by `factor`. For the
+/// SGD family this multiplies their learning rate while their L2 term, added
+/// by the optimizer afterwards, keeps its decay per step: airbench's
+/// `lr = lr * bias_scaler, weight_decay = wd / lr` for batch norm biases.
+pub fn scale_gradients(grads: &mut GradientsParams, ids: &[ParamId], factor: f64) {
+    for &id in ids {
+        if let Some(grad) = grads.remove::<1>(id) {
+            grads.register(id, grad.mul_scalar(factor));
+        }
+    }
+}
+
 /// Model, optimizer and loss on an autodiff device.
 pub struct Trainer {
     model: Option<Model>,
@@ -168,6 +217,8 @@ pub struct Trainer {
     device: Device,
     loss: CrossEntropyLoss,
     initial_loss: Option<f64>,
+    /// The learning-rate factor of batch norm shifts (1: none).
+    norm_shift_lr_scale: f64,
     /// A loss above this many times the first step's loss is a divergence.
     pub divergence_factor: f64,
 }
@@ -215,6 +266,7 @@ impl Trainer {
             optim,
             device,
             initial_loss: None,
+            norm_shift_lr_scale: config.norm_shift_lr_scale,
             divergence_factor: Self::DIVERGENCE_FACTOR,
         }
     }
@@ -294,7 +346,11 @@ impl Trainer {
             lr,
             ..step
         };
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        if self.norm_shift_lr_scale != 1.0 {
+            let shifts = norm_shift_ids(&model);
+            scale_gradients(&mut grads, &shifts, self.norm_shift_lr_scale);
+        }
         let watched = observers.iter().any(|o| o.observes(info.iteration));
         let before = if watched {
             for observer in observers.iter_mut() {
@@ -324,6 +380,93 @@ mod tests {
     use super::*;
     use cifar_data::FeatureShape;
     use cifar_models::{CnnConfig, ModelConfig, StageConfig};
+
+    /// Every trained parameter of `model`, by id (not batch norm's running
+    /// statistics, which the clones of a model share).
+    fn parameters(model: &Model) -> Vec<(ParamId, Vec<f32>)> {
+        struct All(Vec<(ParamId, Vec<f32>)>);
+        impl ModuleVisitor for All {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if !param.is_require_grad() {
+                    return;
+                }
+                let values = param.val().into_data().try_to_vec().unwrap();
+                self.0.push((param.id, values));
+            }
+        }
+        let mut all = All(Vec::new());
+        model.visit(&mut all);
+        all.0
+    }
+
+    #[test]
+    fn norm_shifts_learn_faster_by_their_factor_and_nothing_else_changes() {
+        let config = TrainConfig {
+            model: ModelConfig::Cnn(
+                CnnConfig::new(vec![StageConfig::new(vec![4, 4])])
+                    .with_image_size(8)
+                    .with_batch_norm(true),
+            ),
+            optimizer: OptimizerKind::Sgd,
+            weight_decay: 0.01,
+            ..TrainConfig::default()
+        };
+        let device = Device::flex().autodiff();
+        // One model for both runs: the seed is shared by every test in the process.
+        let model = config.model.init(&device);
+        let shifts = norm_shift_ids(&model);
+        assert_eq!(shifts.len(), 2, "one shift per convolution's batch norm");
+        // A fixed batch, so that both runs see the same gradients.
+        let batch = || CifarBatch {
+            images: Tensor::<4>::from_data(
+                TensorData::new(
+                    (0..4 * 3 * 8 * 8)
+                        .map(|v| ((v * 7919) % 101) as f32 / 50.0 - 1.0)
+                        .collect::<Vec<_>>(),
+                    [4, 3, 8, 8],
+                ),
+                &device,
+            ),
+            targets: Tensor::<1, Int>::from_data(
+                TensorData::new(vec![0i64, 3, 5, 9], [4]),
+                &device,
+            ),
+        };
+        let step = |factor: f64| {
+            let config = TrainConfig {
+                norm_shift_lr_scale: factor,
+                ..config.clone()
+            };
+            let mut trainer =
+                Trainer::from_parts(&config, model.clone(), optimizer(&config), &device);
+            let info = StepInfo {
+                epoch: 0,
+                iteration: 0,
+                loss: 0.0,
+                lr: 0.1,
+            };
+            trainer.step(batch(), 0.1, info, &mut []).unwrap();
+            parameters(trainer.model())
+        };
+        let before = parameters(&model);
+        let (plain, scaled) = (step(1.0), step(8.0));
+        for (((id, w), (_, a)), (_, b)) in before.iter().zip(&plain).zip(&scaled) {
+            let factor = if shifts.contains(id) { 8.0 } else { 1.0 };
+            for ((w, a), b) in w.iter().zip(a).zip(b) {
+                // SGD with L2 λ: w - lr λ w - factor lr g, where the plain
+                // step gives lr g = w - a - lr λ w.
+                let decay = 0.1 * 0.01 * w;
+                let want = w - decay - factor * (w - a - decay);
+                assert!((b - want).abs() < 1e-5, "{id:?}: {b} instead of {want}");
+            }
+        }
+        // The shifts did move, so the check above compared real updates.
+        let moved = before
+            .iter()
+            .zip(&plain)
+            .filter(|((id, w), (_, a))| shifts.contains(id) && w != a);
+        assert_eq!(moved.count(), 2);
+    }
 
     #[test]
     fn a_whitened_cnn_gets_the_filters_fitted_on_the_training_images() {

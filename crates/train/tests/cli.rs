@@ -641,6 +641,7 @@ fn fast_recipe_trains_with_every_ingredient_switchable() {
         "--channels keeps the early pool"
     );
     assert_eq!(config["label-smoothing"], 0.2);
+    assert_eq!(config["norm-shift-lr-scale"], 64.0);
     assert_eq!(config["tta"], "flip-shift");
     assert_eq!(config["augment"]["pad"], 2);
     assert_eq!(config["augment"]["alternate_flip"], true);
@@ -668,6 +669,8 @@ fn fast_recipe_trains_with_every_ingredient_switchable() {
         "false",
         "--label-smoothing",
         "0",
+        "--norm-shift-lr-scale",
+        "1",
         "--tta",
         "none",
         "--crop-pad",
@@ -681,6 +684,7 @@ fn fast_recipe_trains_with_every_ingredient_switchable() {
     assert_eq!(config["model"]["cnn"]["whiten"], 0);
     assert_eq!(config["model"]["cnn"]["norm_scale"], true);
     assert_eq!(config["tta"], "none");
+    assert_eq!(config["norm-shift-lr-scale"], 1.0);
     assert!(config["augment"].get("alternate_flip").is_none());
     // Flags that make no sense say so.
     let out = run(&["fit", "--recipe", "fastest"]);
@@ -693,6 +697,13 @@ fn fast_recipe_trains_with_every_ingredient_switchable() {
     );
     let out = run(&["fit", "--augment", "false", "--flip", "alternate"]);
     assert!(stderr(&out).contains("--augment false"), "{}", stderr(&out));
+    let out = run(&["fit", "--recipe", "fast", "--optimizer", "adam"]);
+    assert!(
+        stderr(&out)
+            .contains("--norm-shift-lr-scale 64 scales gradients, which adam's steps ignore"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -139,6 +139,9 @@ pub struct TrainFlags {
     /// Label smoothing α: the cross-entropy target gives the true class 1 - α + α/10 and every other class α/10 [default: 0]
     #[arg(long, value_name = "ALPHA")]
     pub label_smoothing: Option<f64>,
+    /// Batch norm's shifts β learn FACTOR times faster than the other weights, with the same decay per step (airbench's bias_scaler; sgd, momentum and nesterov only) [default: 1; fast recipe: 64]
+    #[arg(long, value_name = "FACTOR")]
+    pub norm_shift_lr_scale: Option<f64>,
     #[arg(long, value_name = "NAME", help = names_help_with(&Tta::NAMES, "none", ": test-time augmentation of the validation and test predictions; flip averages the image and its mirror, flip-shift also their 1-pixel shifts"))]
     pub tta: Option<Tta>,
     #[arg(long, value_name = "METHOD", help = format!("{} [default: standardize]", Preprocessing::SPELLINGS))]
@@ -450,6 +453,7 @@ impl TrainFlags {
             "weight-decay" => self.weight_decay = Some(parse(name, text)?),
             "dropout" => self.dropout = Some(parse(name, text)?),
             "label-smoothing" => self.label_smoothing = Some(parse(name, text)?),
+            "norm-shift-lr-scale" => self.norm_shift_lr_scale = Some(parse(name, text)?),
             "momentum" => self.momentum = Some(parse(name, text)?),
             "batch-size" => self.batch_size = Some(parse(name, text)?),
             "warmup" => self.warmup = Some(parse(name, text)?),
@@ -557,6 +561,9 @@ impl TrainFlags {
         if let Some(a) = self.label_smoothing {
             c.label_smoothing = a;
         }
+        if let Some(f) = self.norm_shift_lr_scale {
+            c.norm_shift_lr_scale = f;
+        }
         if let Some(t) = self.tta {
             c.tta = t;
         }
@@ -648,7 +655,7 @@ mod tests {
     use super::*;
 
     /// Every `train fit` option that takes a value.
-    const VALUE_FLAGS: [&str; 32] = [
+    const VALUE_FLAGS: [&str; 33] = [
         "--backend",
         "--device",
         "--model",
@@ -662,6 +669,7 @@ mod tests {
         "--norm-scale",
         "--identity-init",
         "--label-smoothing",
+        "--norm-shift-lr-scale",
         "--tta",
         "--preprocess",
         "--augment",
