@@ -233,7 +233,6 @@ impl Callback for Checkpointer<'_> {
         if end.is_best {
             self.run.save_best(end.trainer.model())?;
         }
-        self.run
-            .save_checkpoint(end.trainer.model(), end.trainer.optimizer(), end.state)
+        self.run.save_checkpoint(end.trainer, end.state)
     }
 }

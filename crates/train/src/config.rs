@@ -144,6 +144,10 @@ pub struct TrainConfig {
     /// SGD-family optimizers only).
     #[serde(default = "no_scale")]
     pub norm_shift_lr_scale: f64,
+    /// Every 5 steps, pull the weights back to a slow average of themselves
+    /// ([`Lookahead`](crate::lookahead::Lookahead), airbench's schedule).
+    #[serde(default)]
+    pub lookahead: bool,
 }
 
 /// The default of [`TrainConfig::norm_shift_lr_scale`] (for config files
@@ -175,6 +179,7 @@ impl Default for TrainConfig {
             label_smoothing: 0.0,
             tta: Tta::None,
             norm_shift_lr_scale: 1.0,
+            lookahead: false,
         }
     }
 }
@@ -190,9 +195,9 @@ impl TrainConfig {
     /// 0.85 and batch 1,024 (airbench's rates rescaled to a mean loss: rate
     /// 1.5, weight decay 0.002 per step, i.e. 0.0013 as an L2 strength),
     /// label smoothing 0.2, batch norm shifts learning 64 times faster than
-    /// the other weights (with the same decay per step), 10 epochs with one
-    /// of warmup and a cosine decay, and flip-and-shift test-time
-    /// augmentation. Every setting stays a flag, so each ingredient can be
+    /// the other weights (with the same decay per step), lookahead of the
+    /// weights, 10 epochs with one of warmup and a cosine decay, and
+    /// flip-and-shift test-time augmentation. Every setting stays a flag, so each ingredient can be
     /// switched off.
     pub fn recipe(name: &str) -> Option<Self> {
         match name {
@@ -216,6 +221,7 @@ impl TrainConfig {
                 label_smoothing: 0.2,
                 tta: Tta::FlipShift,
                 norm_shift_lr_scale: 64.0,
+                lookahead: true,
                 ..Self::default()
             }),
             _ => None,

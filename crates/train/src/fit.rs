@@ -158,14 +158,13 @@ pub fn fit(
         epoch_loss_sum: 0.0,
     };
     if options.resume {
-        let (model, optim) = trainer.into_parts();
-        let (model, optim, saved) = run.load_checkpoint(model, optim)?;
+        let (loaded, saved) = run.load_checkpoint(trainer)?;
         anyhow::ensure!(
             saved.epoch < config.epochs,
             "--resume: the run already trained {} epochs; pass a larger --epochs to train longer",
             saved.epoch
         );
-        trainer = Trainer::from_parts(config, model, optim, device);
+        trainer = loaded;
         trainer.set_initial_loss(saved.initial_loss);
         state = saved;
     }
@@ -286,12 +285,13 @@ pub fn fit(
             images += indices.len();
             state.iteration += 1;
             state.batch += 1;
+            trainer.after_steps(state.iteration, total);
             let running = state.epoch_loss_sum / state.batch as f64;
             metrics.on_step(&info, running)?;
             progress.on_step(&info, running)?;
             if options.interrupt.load(Ordering::SeqCst) {
                 state.seconds = seconds_before + run_start.elapsed().as_secs_f64();
-                run.save_checkpoint(trainer.model(), trainer.optimizer(), &state)?;
+                run.save_checkpoint(&trainer, &state)?;
                 status = RunStatus::Interrupted {
                     epoch: epoch + 1,
                     step: state.batch,
@@ -305,7 +305,7 @@ pub fn fit(
                 && state.batch < batches.len()
             {
                 state.seconds = seconds_before + run_start.elapsed().as_secs_f64();
-                run.save_checkpoint(trainer.model(), trainer.optimizer(), &state)?;
+                run.save_checkpoint(&trainer, &state)?;
                 last_checkpoint = Instant::now();
             }
         }

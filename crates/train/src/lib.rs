@@ -10,6 +10,8 @@
 //! - [`charts`] and [`report`]: the PNG charts and the run's `report.html`.
 //! - [`search`]: random hyperparameter search (its space and pruning rules).
 //! - [`images`]: reading a user's PNG or JPEG safely for `train predict`.
+//! - [`lookahead`]: the slow average of the weights that training is
+//!   pulled back to every few steps (the fast recipe's).
 //! - [`allocator`]: the memory allocator's setting for training.
 //! - [`config`], [`dataset`], [`evaluate`], [`rundir`], [`backend`],
 //!   [`params`], [`bench`]: configuration, data, evaluation, the run folder,
@@ -30,6 +32,7 @@ pub mod diagnostics;
 pub mod evaluate;
 pub mod fit;
 pub mod images;
+pub mod lookahead;
 pub mod monitor;
 pub mod params;
 pub mod progress;

@@ -18,12 +18,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use burn::module::Module;
-use burn::optim::ModuleOptimizer;
 use cifar_data::FittedPreprocessing;
 use cifar_models::Model;
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
+use crate::trainer::Trainer;
 
 /// Where a checkpoint stands in the run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,14 +144,12 @@ impl RunDir {
         })
     }
 
-    /// Writes a checkpoint: model, optimizer state and training state, in a
-    /// temporary folder that replaces the previous checkpoint only when complete.
-    pub fn save_checkpoint(
-        &self,
-        model: &Model,
-        optim: &ModuleOptimizer,
-        state: &TrainState,
-    ) -> Result<()> {
+    /// Writes a checkpoint: model, optimizer state, the lookahead's average
+    /// (in runs with `--lookahead`) and training state, in a temporary
+    /// folder that replaces the previous checkpoint only when complete.
+    pub fn save_checkpoint(&self, trainer: &Trainer, state: &TrainState) -> Result<()> {
+        let (model, optim) = (trainer.model(), trainer.optimizer());
+        let average = trainer.lookahead_average();
         // One rename puts the complete folder (model, optimizer and state,
         // with the best accuracy so far) in place. `best.bpk` is written
         // before it: a crash in between replays that epoch on resume and
@@ -169,6 +167,14 @@ impl RunDir {
                     tmp.join("optimizer.bpk").display()
                 )
             })?;
+            if let Some(average) = average {
+                average.save_file(tmp.join("lookahead.bpk")).map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot write {}: {e:?}",
+                        tmp.join("lookahead.bpk").display()
+                    )
+                })?;
+            }
             let state_file = tmp.join("state.json");
             std::fs::write(&state_file, serde_json::to_string_pretty(state)?)
                 .with_context(|| format!("cannot write {}", state_file.display()))
@@ -186,12 +192,8 @@ impl RunDir {
             .find(|d| d.join("state.json").is_file())
     }
 
-    /// Loads the latest checkpoint into `model` and `optim`.
-    pub fn load_checkpoint(
-        &self,
-        model: Model,
-        optim: ModuleOptimizer,
-    ) -> Result<(Model, ModuleOptimizer, TrainState)> {
+    /// Loads the latest checkpoint into `trainer` (a fresh one of the run's config).
+    pub fn load_checkpoint(&self, trainer: Trainer) -> Result<(Trainer, TrainState)> {
         let dir = self.checkpoint_dir().with_context(|| {
             format!(
                 "--resume: {} has no checkpoint; start the run without --resume",
@@ -201,13 +203,32 @@ impl RunDir {
         let state: TrainState =
             serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)
                 .with_context(|| format!("{} is corrupt", dir.join("state.json").display()))?;
-        let model = model.try_load_file(dir.join("model.bpk")).map_err(|e| {
-            anyhow::anyhow!("cannot load {}: {e:?}", dir.join("model.bpk").display())
-        })?;
-        let optim = optim.load(dir.join("optimizer.bpk")).map_err(|e| {
-            anyhow::anyhow!("cannot load {}: {e:?}", dir.join("optimizer.bpk").display())
-        })?;
-        Ok((model, optim, state))
+        let mut trainer = trainer;
+        let model = trainer
+            .model()
+            .clone()
+            .try_load_file(dir.join("model.bpk"))
+            .map_err(|e| {
+                anyhow::anyhow!("cannot load {}: {e:?}", dir.join("model.bpk").display())
+            })?;
+        let optim = trainer
+            .optimizer()
+            .clone()
+            .load(dir.join("optimizer.bpk"))
+            .map_err(|e| {
+                anyhow::anyhow!("cannot load {}: {e:?}", dir.join("optimizer.bpk").display())
+            })?;
+        trainer.restore(model, optim);
+        if trainer.has_lookahead() {
+            let file = dir.join("lookahead.bpk");
+            let average = trainer
+                .model()
+                .clone()
+                .try_load_file(&file)
+                .map_err(|e| anyhow::anyhow!("cannot load {}: {e:?}", file.display()))?;
+            trainer.restore_lookahead(&average);
+        }
+        Ok((trainer, state))
     }
 }
 

@@ -24,6 +24,7 @@ use cifar_models::Model;
 use serde::Serialize;
 
 use crate::config::{OptimizerKind, TrainConfig};
+use crate::lookahead::Lookahead;
 
 /// `model` with the layers whose weights come from data statistics rather
 /// than training fitted on `train`: a CNN's patch whitening
@@ -219,6 +220,8 @@ pub struct Trainer {
     initial_loss: Option<f64>,
     /// The learning-rate factor of batch norm shifts (1: none).
     norm_shift_lr_scale: f64,
+    /// The slow average the weights are pulled back to (`--lookahead`).
+    lookahead: Option<Lookahead>,
     /// A loss above this many times the first step's loss is a divergence.
     pub divergence_factor: f64,
 }
@@ -244,7 +247,11 @@ impl Trainer {
             .model
             .take()
             .expect("a trainer always holds its model");
-        trainer.model = Some(fit_data_layers(model, train)?);
+        let model = fit_data_layers(model, train)?;
+        if trainer.lookahead.is_some() {
+            trainer.lookahead = Some(Lookahead::new(&model));
+        }
+        trainer.model = Some(model);
         Ok(trainer)
     }
 
@@ -256,6 +263,7 @@ impl Trainer {
         device: &Device,
     ) -> Self {
         let device = device.clone().autodiff();
+        let lookahead = config.lookahead.then(|| Lookahead::new(&model));
         Self {
             loss: CrossEntropyLossConfig::new()
                 .with_smoothing(
@@ -267,6 +275,7 @@ impl Trainer {
             device,
             initial_loss: None,
             norm_shift_lr_scale: config.norm_shift_lr_scale,
+            lookahead,
             divergence_factor: Self::DIVERGENCE_FACTOR,
         }
     }
@@ -294,9 +303,35 @@ impl Trainer {
         self.optim = optim;
     }
 
-    /// Takes model and optimizer out (to load a checkpoint into them).
-    pub fn into_parts(self) -> (Model, ModuleOptimizer) {
-        (self.model.expect("a model"), self.optim)
+    /// Whether the run pulls its weights back to a slow average (`--lookahead`).
+    pub fn has_lookahead(&self) -> bool {
+        self.lookahead.is_some()
+    }
+
+    /// The model with its trained weights replaced by the lookahead's
+    /// average, when the run has one (for checkpoints).
+    pub fn lookahead_average(&self) -> Option<Model> {
+        let lookahead = self.lookahead.as_ref()?;
+        Some(lookahead.average_of(self.model().clone()))
+    }
+
+    /// Restarts the lookahead's average from `average`'s trained weights
+    /// (when resuming); nothing happens in a run without lookahead.
+    pub fn restore_lookahead(&mut self, average: &Model) {
+        if self.lookahead.is_some() {
+            self.lookahead = Some(Lookahead::new(average));
+        }
+    }
+
+    /// Once `done` of the run's `total` steps are done: the lookahead's pull
+    /// when it is due (nothing in a run without lookahead).
+    pub fn after_steps(&mut self, done: usize, total: usize) {
+        if let Some(lookahead) = self.lookahead.as_mut()
+            && Lookahead::is_due(done, total)
+        {
+            let model = self.model.take().expect("the trainer always holds a model");
+            self.model = Some(lookahead.pull(model, Lookahead::decay(done, total)));
+        }
     }
 
     /// The first step's loss, the reference of the divergence check.

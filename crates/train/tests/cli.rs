@@ -163,11 +163,63 @@ fn resume_gives_the_same_final_metrics() {
     let resumed = tmp.path().join("resumed");
     let r = resumed.to_str().unwrap();
     ok(&small_fit(d, r, "flex", "1"));
-    let b = json(&ok(&[
-        "fit", "--data", d, "--out", r, "--resume", "--epochs", "2", "--json",
-    ]));
+    // Without a display's runtime folder, as on a server: the GPU driver
+    // would complain there if loading the optimizer started it.
+    let out = Command::new(TRAIN)
+        .args([
+            "fit", "--data", d, "--out", r, "--resume", "--epochs", "2", "--json",
+        ])
+        .env_remove("CIFAR10_DIR")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("BURN_DEVICE")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("error"),
+        "a CPU run's resume starts no GPU: {}",
+        stderr(&out)
+    );
+    let b = json(&stdout(&out));
     assert_eq!(b["epochs"], 2);
     assert_same_run(&a, &b, &straight, &resumed);
+}
+
+/// The lookahead's average is part of the checkpoint: a paused run whose
+/// epoch ends between two pulls resumes exactly.
+#[test]
+fn resume_with_lookahead_gives_the_same_final_metrics() {
+    let (tmp, data) = dataset();
+    let d = data.to_str().unwrap();
+    fn with_lookahead<'a>(data: &'a str, out: &'a str, epochs: &'a str) -> Vec<&'a str> {
+        let mut args = small_fit(data, out, "flex", epochs);
+        // 250 training images in batches of 30: 9 steps per epoch.
+        let at = args.iter().position(|a| *a == "--batch-size").unwrap();
+        args[at + 1] = "30";
+        args.extend(["--lookahead", "true"]);
+        args
+    }
+    let straight = tmp.path().join("straight");
+    let a = json(&ok(&with_lookahead(d, straight.to_str().unwrap(), "2")));
+    let steps = metric_rows(&straight)
+        .iter()
+        .filter(|row| row.starts_with("step,1,"))
+        .count();
+    assert_ne!(steps % 5, 0, "the first epoch ends between two pulls");
+
+    let resumed = tmp.path().join("resumed");
+    let r = resumed.to_str().unwrap();
+    let mut first = with_lookahead(d, r, "2");
+    first.extend(["--until-epoch", "1"]);
+    ok(&first);
+    assert!(resumed.join("checkpoint/lookahead.bpk").is_file());
+    let b = json(&ok(&["fit", "--data", d, "--out", r, "--resume", "--json"]));
+    assert_same_run(&a, &b, &straight, &resumed);
+
+    // The pulls change the run.
+    let plain = tmp.path().join("plain");
+    ok(&small_fit(d, plain.to_str().unwrap(), "flex", "2"));
+    assert_ne!(metric_rows(&plain), metric_rows(&straight));
 }
 
 #[test]
@@ -642,6 +694,7 @@ fn fast_recipe_trains_with_every_ingredient_switchable() {
     );
     assert_eq!(config["label-smoothing"], 0.2);
     assert_eq!(config["norm-shift-lr-scale"], 64.0);
+    assert_eq!(config["lookahead"], true);
     assert_eq!(config["tta"], "flip-shift");
     assert_eq!(config["augment"]["pad"], 2);
     assert_eq!(config["augment"]["alternate_flip"], true);
@@ -671,6 +724,8 @@ fn fast_recipe_trains_with_every_ingredient_switchable() {
         "0",
         "--norm-shift-lr-scale",
         "1",
+        "--lookahead",
+        "false",
         "--tta",
         "none",
         "--crop-pad",
@@ -685,6 +740,7 @@ fn fast_recipe_trains_with_every_ingredient_switchable() {
     assert_eq!(config["model"]["cnn"]["norm_scale"], true);
     assert_eq!(config["tta"], "none");
     assert_eq!(config["norm-shift-lr-scale"], 1.0);
+    assert_eq!(config["lookahead"], false);
     assert!(config["augment"].get("alternate_flip").is_none());
     // Flags that make no sense say so.
     let out = run(&["fit", "--recipe", "fastest"]);

@@ -165,8 +165,7 @@ fn checkpointed_run(dir: &std::path::Path) -> (RunDir, TrainConfig) {
         "best_val_accuracy": 0.2, "seconds": 1.0, "epoch_loss_sum": 0.0
     }))
     .unwrap();
-    run.save_checkpoint(trainer.model(), trainer.optimizer(), &state)
-        .unwrap();
+    run.save_checkpoint(&trainer, &state).unwrap();
     (run, config)
 }
 
@@ -202,8 +201,7 @@ fn a_damaged_checkpoint_loads_or_fails_cleanly() {
                 let path = tmp.path().join("checkpoint").join(files[file]);
                 std::fs::write(&path, &bytes).unwrap();
                 let trainer = Trainer::new(&config, &device);
-                let (model, optim) = trainer.into_parts();
-                if let Err(e) = run.load_checkpoint(model, optim) {
+                if let Err(e) = run.load_checkpoint(trainer) {
                     let message = format!("{e:#}");
                     prop_assert!(!message.is_empty());
                     refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -142,6 +142,9 @@ pub struct TrainFlags {
     /// Batch norm's shifts β learn FACTOR times faster than the other weights, with the same decay per step (airbench's bias_scaler; sgd, momentum and nesterov only) [default: 1; fast recipe: 64]
     #[arg(long, value_name = "FACTOR")]
     pub norm_shift_lr_scale: Option<f64>,
+    /// Every 5 steps, pull the weights back to a slow average of themselves, which reaches further back as the run ends (lookahead, airbench's schedule; `--lookahead` alone means true) [default: false; fast recipe: true]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub lookahead: Option<bool>,
     #[arg(long, value_name = "NAME", help = names_help_with(&Tta::NAMES, "none", ": test-time augmentation of the validation and test predictions; flip averages the image and its mirror, flip-shift also their 1-pixel shifts"))]
     pub tta: Option<Tta>,
     #[arg(long, value_name = "METHOD", help = format!("{} [default: standardize]", Preprocessing::SPELLINGS))]
@@ -454,6 +457,7 @@ impl TrainFlags {
             "dropout" => self.dropout = Some(parse(name, text)?),
             "label-smoothing" => self.label_smoothing = Some(parse(name, text)?),
             "norm-shift-lr-scale" => self.norm_shift_lr_scale = Some(parse(name, text)?),
+            "lookahead" => self.lookahead = Some(parse(name, text)?),
             "momentum" => self.momentum = Some(parse(name, text)?),
             "batch-size" => self.batch_size = Some(parse(name, text)?),
             "warmup" => self.warmup = Some(parse(name, text)?),
@@ -564,6 +568,9 @@ impl TrainFlags {
         if let Some(f) = self.norm_shift_lr_scale {
             c.norm_shift_lr_scale = f;
         }
+        if let Some(b) = self.lookahead {
+            c.lookahead = b;
+        }
         if let Some(t) = self.tta {
             c.tta = t;
         }
@@ -655,7 +662,7 @@ mod tests {
     use super::*;
 
     /// Every `train fit` option that takes a value.
-    const VALUE_FLAGS: [&str; 33] = [
+    const VALUE_FLAGS: [&str; 34] = [
         "--backend",
         "--device",
         "--model",
@@ -670,6 +677,7 @@ mod tests {
         "--identity-init",
         "--label-smoothing",
         "--norm-shift-lr-scale",
+        "--lookahead",
         "--tta",
         "--preprocess",
         "--augment",

@@ -14,6 +14,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     cifar_train::allocator::keep_freed_memory();
+    default_device_on_the_cpu();
     // `train ... | head` closes the pipe early: end quietly rather than panic.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -43,5 +44,24 @@ fn main() {
     if let Err(err) = result {
         eprintln!("error: {err:#}");
         std::process::exit(1);
+    }
+}
+
+/// Makes Burn's default device flex unless `BURN_DEVICE` names another.
+///
+/// Every tensor of a run goes to the device of its `--backend`, but Burn
+/// loads a checkpoint's optimizer state onto `Device::default()` (and moves
+/// it to the parameters' device at the next step). In a build with the wgpu
+/// feature that default is the GPU: a resumed CPU run would start the GPU
+/// driver for nothing, which on a machine without a display prints
+/// "XDG_RUNTIME_DIR is invalid" four times.
+fn default_device_on_the_cpu() {
+    if std::env::var_os("BURN_DEVICE").is_none() {
+        #[allow(unsafe_code)]
+        // SAFETY: the second statement of `main`, before any other thread
+        // exists, so no thread can read the environment while it changes.
+        unsafe {
+            std::env::set_var("BURN_DEVICE", "flex");
+        }
     }
 }
