@@ -71,18 +71,18 @@ fn two_layer_net_beats_35_percent_after_one_epoch() {
     );
 }
 
-/// The default CNN passes every sanity check, in well under 2 minutes.
+/// The default CNN passes every sanity check. (How long `train check`
+/// takes is a benchmark's business: a timed assertion fails on a busy
+/// machine.)
 #[test]
 fn default_cnn_passes_every_check() {
     let Some(data) = real_data() else { return };
-    let started = std::time::Instant::now();
     let out = common::run(&["check", "--data", &data, "--json"]);
     let report = common::json(&common::stdout(&out));
     for check in report["checks"].as_array().unwrap() {
         assert_eq!(check["verdict"], "pass", "{check:#}");
     }
     assert_eq!(out.status.code(), Some(0));
-    assert!(started.elapsed().as_secs() < 120, "{:?}", started.elapsed());
 }
 
 /// The CS231n two-layer net trains at 0.1: the finder's suggestions must lie in [1e-3, 1].
