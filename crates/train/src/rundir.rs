@@ -155,12 +155,7 @@ impl RunDir {
         // before it: a crash in between replays that epoch on resume and
         // writes the same best model again.
         cifar_data::atomic::write_dir(&self.file("checkpoint"), |tmp| -> Result<()> {
-            model
-                .clone()
-                .save_file(tmp.join("model.bpk"))
-                .map_err(|e| {
-                    anyhow::anyhow!("cannot write {}: {e:?}", tmp.join("model.bpk").display())
-                })?;
+            write_model(model.clone(), &tmp.join("model.bpk"))?;
             optim.save(tmp.join("optimizer.bpk")).map_err(|e| {
                 anyhow::anyhow!(
                     "cannot write {}: {e:?}",
@@ -168,12 +163,7 @@ impl RunDir {
                 )
             })?;
             if let Some(average) = average {
-                average.save_file(tmp.join("lookahead.bpk")).map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot write {}: {e:?}",
-                        tmp.join("lookahead.bpk").display()
-                    )
-                })?;
+                write_model(average, &tmp.join("lookahead.bpk"))?;
             }
             let state_file = tmp.join("state.json");
             std::fs::write(&state_file, serde_json::to_string_pretty(state)?)
@@ -204,13 +194,7 @@ impl RunDir {
             serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)
                 .with_context(|| format!("{} is corrupt", dir.join("state.json").display()))?;
         let mut trainer = trainer;
-        let model = trainer
-            .model()
-            .clone()
-            .try_load_file(dir.join("model.bpk"))
-            .map_err(|e| {
-                anyhow::anyhow!("cannot load {}: {e:?}", dir.join("model.bpk").display())
-            })?;
+        let model = read_model(trainer.model().clone(), &dir.join("model.bpk"))?;
         let optim = trainer
             .optimizer()
             .clone()
@@ -220,16 +204,25 @@ impl RunDir {
             })?;
         trainer.restore(model, optim);
         if trainer.has_lookahead() {
-            let file = dir.join("lookahead.bpk");
-            let average = trainer
-                .model()
-                .clone()
-                .try_load_file(&file)
-                .map_err(|e| anyhow::anyhow!("cannot load {}: {e:?}", file.display()))?;
+            let average = read_model(trainer.model().clone(), &dir.join("lookahead.bpk"))?;
             trainer.restore_lookahead(&average);
         }
         Ok((trainer, state))
     }
+}
+
+/// Writes `model` to `path` (inside a folder that is swapped in whole).
+fn write_model(model: Model, path: &Path) -> Result<()> {
+    model
+        .save_file(path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e:?}", path.display()))
+}
+
+/// Reads the weights at `path` into `model` (of the same architecture).
+fn read_model(model: Model, path: &Path) -> Result<Model> {
+    model
+        .try_load_file(path)
+        .map_err(|e| anyhow::anyhow!("cannot load {}: {e:?}", path.display()))
 }
 
 /// Saves a module to `path` atomically (see [`cifar_data::atomic`]).
