@@ -75,11 +75,68 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// enough that both cores get work on the smallest activations.
 const CHUNK: usize = 1 << 14;
 
+/// A function of one value and, for two-operand passes, its partner in a
+/// second tensor (0 otherwise), applied value by value by [`update`].
+///
+/// A trait with an `#[inline(always)]` method rather than a closure: the
+/// compiler may decline to inline a large closure (GELU's slope: two
+/// exponentials and a division) into the vector loop, which then calls it
+/// once per value in scalar code. A `perf` profile of the recipe network's
+/// step found exactly that: GELU's backward, scalar, at 14% of the step
+/// (BENCHMARKS.md, "Fifth round").
+trait Pointwise: Copy + Send + Sync {
+    fn apply(self, value: f32, other: f32) -> f32;
+}
+
+/// `max(x, 0)`.
+#[derive(Clone, Copy)]
+struct Relu;
+
+impl Pointwise for Relu {
+    #[inline(always)]
+    fn apply(self, x: f32, _: f32) -> f32 {
+        x.max(0.0)
+    }
+}
+
+/// `x Φ(x)`.
+#[derive(Clone, Copy)]
+struct Gelu;
+
+impl Pointwise for Gelu {
+    #[inline(always)]
+    fn apply(self, x: f32, _: f32) -> f32 {
+        gelu_value(x)
+    }
+}
+
+/// The gradient where ReLU's output (the partner) is positive.
+#[derive(Clone, Copy)]
+struct ReluBackward;
+
+impl Pointwise for ReluBackward {
+    #[inline(always)]
+    fn apply(self, grad: f32, output: f32) -> f32 {
+        if output > 0.0 { grad } else { 0.0 }
+    }
+}
+
+/// The gradient times GELU's slope at the input (the partner).
+#[derive(Clone, Copy)]
+struct GeluBackward;
+
+impl Pointwise for GeluBackward {
+    #[inline(always)]
+    fn apply(self, grad: f32, x: f32) -> f32 {
+        grad * gelu_slope(x)
+    }
+}
+
 /// `values[i] = f(values[i], others[i])` (`f(values[i], 0)` without
 /// `others`) over all cores, each task's loop compiled for the CPU's widest
 /// vector instructions (AVX-512 where there is one; pulp's run-time
 /// dispatch, as in faer).
-fn update(values: &mut [f32], others: Option<&[f32]>, f: impl Fn(f32, f32) -> f32 + Sync + Copy) {
+fn update<F: Pointwise>(values: &mut [f32], others: Option<&[f32]>, f: F) {
     /// One task's loop, for [`pulp::Arch::dispatch`].
     struct Task<'a, F> {
         values: &'a mut [f32],
@@ -87,18 +144,19 @@ fn update(values: &mut [f32], others: Option<&[f32]>, f: impl Fn(f32, f32) -> f3
         f: F,
     }
 
-    impl<F: Fn(f32, f32) -> f32> pulp::WithSimd for Task<'_, F> {
+    impl<F: Pointwise> pulp::WithSimd for Task<'_, F> {
         type Output = ();
 
         #[inline(always)]
         fn with_simd<S: pulp::Simd>(self, _: S) {
+            let f = self.f;
             match self.others {
                 Some(others) => {
                     for (v, &o) in self.values.iter_mut().zip(others) {
-                        *v = (self.f)(*v, o);
+                        *v = f.apply(*v, o);
                     }
                 }
-                None => self.values.iter_mut().for_each(|v| *v = (self.f)(*v, 0.0)),
+                None => self.values.iter_mut().for_each(|v| *v = f.apply(*v, 0.0)),
             }
         }
     }
@@ -131,37 +189,33 @@ fn values(x: &FlexTensor) -> &[f32] {
     &x.storage()[start..start + n]
 }
 
-/// `f(x[i], y[i])` for every value, written into `y`'s buffer when `y` owns
+/// `f(y[i], x[i])` for every value, written into `y`'s buffer when `y` owns
 /// it (a fresh buffer otherwise).
-fn zip_into_second(
-    x: FlexTensor,
-    y: FlexTensor,
-    f: impl Fn(f32, f32) -> f32 + Sync + Copy,
-) -> FlexTensor {
+fn zip_into_second(x: FlexTensor, y: FlexTensor, f: impl Pointwise) -> FlexTensor {
     let (x, mut y) = (x.to_contiguous(), y.to_contiguous());
     let n = x.layout().num_elements();
     assert_eq!(y.layout().num_elements(), n, "elementwise operands' sizes");
     if y.is_unique() && y.layout().start_offset() == 0 {
         let ys: &mut [f32] = y.storage_mut();
-        update(&mut ys[..n], Some(values(&x)), |y, x| f(x, y));
+        update(&mut ys[..n], Some(values(&x)), f);
         return y;
     }
     let mut out = values(&y).to_vec();
-    update(&mut out, Some(values(&x)), |y, x| f(x, y));
+    update(&mut out, Some(values(&x)), f);
     FlexTensor::from_data(TensorData::new(out, y.layout().shape().to_vec()))
 }
 
 /// `f` applied to every value of `x`, in place when `x` owns its buffer.
-fn map(x: FlexTensor, f: impl Fn(f32) -> f32 + Sync + Copy) -> FlexTensor {
+fn map(x: FlexTensor, f: impl Pointwise) -> FlexTensor {
     let mut x = x.to_contiguous();
     let n = x.layout().num_elements();
     if x.is_unique() && x.layout().start_offset() == 0 {
         let xs: &mut [f32] = x.storage_mut();
-        update(&mut xs[..n], None, |v, _| f(v));
+        update(&mut xs[..n], None, f);
         return x;
     }
     let mut out = values(&x).to_vec();
-    update(&mut out, None, |v, _| f(v));
+    update(&mut out, None, f);
     FlexTensor::from_data(TensorData::new(out, x.layout().shape().to_vec()))
 }
 
@@ -249,22 +303,22 @@ fn gelu_slope(x: f32) -> f32 {
 
 impl ActivationKernels for Flex {
     fn relu_all_cores(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        map(x, |v| v.max(0.0))
+        map(x, Relu)
     }
 
     fn gelu_all_cores(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        map(x, gelu_value)
+        map(x, Gelu)
     }
 
     fn relu_backward_all_cores(
         output: FloatTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        zip_into_second(output, grad, |y, g| if y > 0.0 { g } else { 0.0 })
+        zip_into_second(output, grad, ReluBackward)
     }
 
     fn gelu_backward_all_cores(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        zip_into_second(x, grad, |x, g| g * gelu_slope(x))
+        zip_into_second(x, grad, GeluBackward)
     }
 }
 
