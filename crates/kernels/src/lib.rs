@@ -3,8 +3,8 @@
 //! `#[backend_extension(Flex, Autodiff)]`, implemented on flex's raw
 //! buffers, with an `Autodiff` implementation that records the backward pass.
 //!
-//! The public functions ([`conv2d`], [`max_pool_2x2`], [`batch_norm_train`],
-//! [`relu`], [`gelu`]) take and return ordinary
+//! The public functions ([`conv2d`], [`linear`], [`max_pool_2x2`],
+//! [`batch_norm_train`], [`relu`], [`gelu`]) take and return ordinary
 //! tensors: on flex (plain or autodiff) they run the kernel, on every other
 //! backend Burn's own operation, so models stay portable and results agree.
 //!
@@ -12,6 +12,7 @@
 
 mod activation;
 mod conv;
+mod linear;
 mod norm;
 mod pool;
 
@@ -24,5 +25,6 @@ fn on_flex(device: &Device) -> bool {
 
 pub use activation::{ActivationKernels, gelu, relu};
 pub use conv::{ConvKernels, conv2d};
+pub use linear::{LinearKernels, linear};
 pub use norm::{BatchNormTrained, NormKernels, batch_norm_train};
 pub use pool::{PoolKernels, max_pool_2x2};

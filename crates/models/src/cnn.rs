@@ -468,7 +468,7 @@ impl Cnn {
         if let Some(dropout) = &self.dropout {
             x = dropout.forward(x);
         }
-        let logits = self.output.forward(x);
+        let logits = crate::apply_linear(&self.output, x);
         if self.logit_scale == 1.0 {
             logits
         } else {

@@ -60,7 +60,7 @@ impl DenseBlock {
         input: Tensor<2>,
         observed: Option<(&mut Vec<LayerActivations>, String)>,
     ) -> Tensor<2> {
-        let x = self.linear.forward(input);
+        let x = apply_linear(&self.linear, input);
         let mut y = norm_then_activate(x, self.norm.as_ref(), &self.activation, observed);
         if let Some(dropout) = &self.dropout {
             y = dropout.forward(y);
@@ -302,5 +302,21 @@ pub fn convolve(conv: &Conv2d, input: Tensor<4>) -> Tensor<4> {
         conv.weight.val(),
         conv.bias.as_ref().map(|bias| bias.val()),
         options,
+    )
+}
+
+/// `linear`'s affine map of `input`, as [`Linear::forward`] computes it,
+/// through [`cifar_kernels::linear`]: the products on every core on flex,
+/// Burn's operation elsewhere.
+///
+/// # Shapes
+///
+/// - input: `[N, d_input]`
+/// - output: `[N, d_output]`
+pub fn apply_linear(linear: &Linear, input: Tensor<2>) -> Tensor<2> {
+    cifar_kernels::linear(
+        input,
+        linear.weight.val(),
+        linear.bias.as_ref().map(|bias| bias.val()),
     )
 }

@@ -40,7 +40,7 @@ mod whiten;
 pub use activation::{Activation, ActivationConfig, Maxout};
 pub use cnn::{Cnn, CnnConfig, HeadPooling, StageConfig};
 pub use init::Init;
-pub use layers::{ConvBlock, ConvBlockConfig, DenseBlock, convolve};
+pub use layers::{ConvBlock, ConvBlockConfig, DenseBlock, apply_linear, convolve};
 pub use mlp::{Mlp, MlpConfig};
 pub use model::{LayerSettings, Model, ModelConfig};
 pub use observe::{ActivationStats, Histogram, LayerActivations};

@@ -121,6 +121,6 @@ impl Mlp {
                 .map(|o| (o, format!("hidden{}", i + 1)));
             x = block.forward_observed(x, obs);
         }
-        self.output.forward(x)
+        crate::apply_linear(&self.output, x)
     }
 }
