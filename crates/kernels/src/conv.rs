@@ -545,15 +545,11 @@ fn register<B: Backend + ConvKernels>(
 ) {
     let (dx, dweight, dbias) =
         B::conv2d_unfolded_backward(x, weight, grad, options, x_id.is_some());
-    if let (Some(id), Some(dx)) = (x_id, dx) {
-        grads.register::<B>(id, dx);
-    }
-    if let Some(id) = weight_id {
-        grads.register::<B>(id, dweight);
-    }
-    if let Some(id) = bias_id {
-        grads.register::<B>(id, dbias);
-    }
+    crate::register_gradients::<B>(
+        grads,
+        [x_id, weight_id, bias_id],
+        [dx, Some(dweight), Some(dbias)],
+    );
 }
 
 /// The backward pass of a convolution with bias.

@@ -16,11 +16,31 @@ mod linear;
 mod norm;
 mod pool;
 
+use burn::backend::Backend;
+use burn::backend::tensor::FloatTensor;
 use burn::prelude::*;
+use burn_autodiff::NodeId;
+use burn_autodiff::grads::Gradients;
 
 /// Whether `device` is flex, plain or autodiff: where the kernels run.
 fn on_flex(device: &Device) -> bool {
     *device == Device::flex() || *device == Device::flex().autodiff()
+}
+
+/// Registers each gradient whose parent asked for one: the backward passes
+/// of the convolution and linear kernels, with their input, weight and
+/// bias parents (an input gradient is computed only when asked; a missing
+/// bias has no id).
+fn register_gradients<B: Backend>(
+    grads: &mut Gradients,
+    ids: [Option<NodeId>; 3],
+    gradients: [Option<FloatTensor<B>>; 3],
+) {
+    for (id, gradient) in ids.into_iter().zip(gradients) {
+        if let (Some(id), Some(gradient)) = (id, gradient) {
+            grads.register::<B>(id, gradient);
+        }
+    }
 }
 
 pub use activation::{ActivationKernels, gelu, relu};

@@ -202,15 +202,11 @@ fn register<B: Backend + LinearKernels>(
     grads: &mut Gradients,
 ) {
     let (dx, dweight, dbias) = B::linear_all_cores_backward(x, weight, grad, x_id.is_some());
-    if let (Some(id), Some(dx)) = (x_id, dx) {
-        grads.register::<B>(id, dx);
-    }
-    if let Some(id) = weight_id {
-        grads.register::<B>(id, dweight);
-    }
-    if let Some(id) = bias_id {
-        grads.register::<B>(id, dbias);
-    }
+    crate::register_gradients::<B>(
+        grads,
+        [x_id, weight_id, bias_id],
+        [dx, Some(dweight), Some(dbias)],
+    );
 }
 
 /// The backward pass of a linear layer with bias.
