@@ -7,7 +7,7 @@
 //! | `loss.png` | per-step loss, its running mean, epoch boundaries |
 //! | `accuracy.png` | training and validation accuracy per epoch (the gap is overfitting) |
 //! | `lr.png` | the learning-rate schedule |
-//! | `update-ratio.png` | update/weight ratio per weight tensor, log scale, 1e-3 reference |
+//! | `update-ratio.png` | update/weight ratio per weight tensor, log scale, 1e-3 reference, and the rotational equilibrium of weights feeding batch norm (SGD with weight decay) |
 //! | `activations.png` | per-layer activation histograms at the last epoch |
 //! | `confusion-<split>.png` | the confusion matrix with class names and counts |
 //! | `init-stats.png` | the lecture's initialization figure |
@@ -26,7 +26,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::callbacks::{EpochSummary, MetricsLog};
 use crate::diagnostics::lr_find::LrFindResult;
-use crate::monitor::{HEALTHY_RATIO, LayerMonitor, LayerSnapshot, RatioPoint};
+use crate::monitor::{HEALTHY_RATIO, LayerMonitor, LayerSnapshot, RatioHistory};
 use crate::rundir::RunDir;
 use crate::trainer::StepInfo;
 
@@ -377,8 +377,18 @@ pub fn lr_chart(path: &Path, steps: &[StepInfo]) -> Result<()> {
     })
 }
 
-/// `update-ratio.png`: `||ΔW|| / ||W||` per weight tensor over the steps, log scale.
-pub fn update_ratio_chart(path: &Path, ratios: &[RatioPoint]) -> Result<()> {
+/// `update-ratio.png`: `||ΔW|| / ||W||` per weight tensor over the steps,
+/// log scale, with the lecture's 1e-3 and, when the run has one, the
+/// rotational equilibrium that SGD with weight decay holds the weights
+/// feeding batch norm at.
+pub fn update_ratio_chart(path: &Path, history: &RatioHistory) -> Result<()> {
+    let ratios = &history.ratios;
+    let equilibrium: Vec<(f64, f64)> = history
+        .equilibrium
+        .iter()
+        .filter(|(_, r)| r.is_finite() && *r > 0.0)
+        .map(|&(i, r)| ((i + 1) as f64, r))
+        .collect();
     let mut names: Vec<&str> = Vec::new();
     for r in ratios {
         if !names.contains(&r.name.as_str()) {
@@ -392,7 +402,10 @@ pub fn update_ratio_chart(path: &Path, ratios: &[RatioPoint]) -> Result<()> {
             .filter(|r| r.is_finite() && *r > 0.0)
     };
     let lo = finite().fold(HEALTHY_RATIO, f64::min) / 2.0;
-    let hi = finite().fold(HEALTHY_RATIO, f64::max) * 2.0;
+    let hi = finite()
+        .chain(equilibrium.iter().map(|p| p.1))
+        .fold(HEALTHY_RATIO, f64::max)
+        * 2.0;
     let x_max = ratios
         .iter()
         .map(|r| r.iteration + 1)
@@ -441,6 +454,18 @@ pub fn update_ratio_chart(path: &Path, ratios: &[RatioPoint]) -> Result<()> {
             ))?
             .label("1e-3 reference")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+        if !equilibrium.is_empty() {
+            let grey = RGBColor(110, 110, 110).stroke_width(3);
+            chart
+                .draw_series(DashedLineSeries::new(
+                    equilibrium.iter().copied(),
+                    3,
+                    4,
+                    grey,
+                ))?
+                .label("equilibrium of weights feeding batch norm")
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey));
+        }
         legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         Ok(())
     })
@@ -1125,7 +1150,7 @@ pub fn training_charts(
     accuracy_chart(&run.file("accuracy.png"), metrics.epochs())?;
     lr_chart(&run.file("lr.png"), metrics.steps())?;
     if let Some(monitor) = monitor {
-        update_ratio_chart(&run.file("update-ratio.png"), monitor.ratios())?;
+        update_ratio_chart(&run.file("update-ratio.png"), &monitor.history())?;
         if let Some((epoch, layers)) = monitor.snapshots().last() {
             activations_chart(&run.file("activations.png"), *epoch, layers)?;
         }

@@ -27,7 +27,7 @@ use crate::callbacks::{Callback, Checkpointer, EpochEnd, EpochSummary, MetricsLo
 use crate::config::TrainConfig;
 use crate::dataset::Prepared;
 use crate::evaluate::{Tta, evaluate, evaluate_indices};
-use crate::monitor::{LayerMonitor, MonitorSettings};
+use crate::monitor::{LayerMonitor, MonitorSettings, RotationalEquilibrium};
 use crate::progress::{Progress, ProgressReport};
 use crate::rundir::{RunDir, TrainState};
 use crate::trainer::{Divergence, StepInfo, StepObserver, StepOutcome, Trainer};
@@ -96,6 +96,9 @@ pub struct RunSummary {
     pub seconds: f64,
     /// The layer monitor's warnings.
     pub warnings: Vec<String>,
+    /// The layer monitor's notes: readings the lecture's rules of thumb
+    /// would flag, explained (weights at their rotational equilibrium).
+    pub notes: Vec<String>,
 }
 
 /// Options of one `fit` call that are not part of the run's config.
@@ -193,7 +196,8 @@ pub fn fit(
                 every,
                 (config.effective_warmup() * per_epoch as f64).ceil() as usize,
                 config.model.activation(),
-            );
+            )
+            .with_equilibrium(RotationalEquilibrium::of(config));
             Some(LayerMonitor::new(
                 settings,
                 probe,
@@ -398,6 +402,10 @@ pub fn fit(
         warnings: monitor
             .as_ref()
             .map(|m| m.warnings().to_vec())
+            .unwrap_or_default(),
+        notes: monitor
+            .as_ref()
+            .map(|m| m.notes().to_vec())
             .unwrap_or_default(),
     };
     crate::rundir::write_atomic(

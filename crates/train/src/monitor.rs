@@ -10,13 +10,20 @@
 //! exact zeros, fraction of dead units (zero on every probe image) and
 //! fraction saturated (tanh/sigmoid near their bounds).
 //!
-//! Rows go to `layers.csv` in long format: `step,layer,parameter,statistic,value`.
+//! Rows go to `layers.csv` in long format: `step,layer,parameter,statistic,value`
+//! (with the equilibrium ratio, when there is one, as layer
+//! `batch_norm_inputs`, statistic `equilibrium_ratio`).
 //! Warnings (once each) when the median ratio of the weight tensors stays
 //! above 1e-2 or below 1e-4 over a window of monitor points (the ratio
 //! judges the learning rate, and one layer can run hotter than the rest
 //! for good reasons), naming the layers out of the band; when one weight's
 //! ratio exceeds 0.5 in a single step; when more than half of a ReLU layer's
 //! units are dead, or more than half of a tanh/sigmoid layer's values saturate.
+//!
+//! Weights that feed batch norm are judged apart: batch norm undoes their
+//! scale, and with SGD and weight decay their ratio settles where the
+//! [`RotationalEquilibrium`] puts it, whatever the lecture's rule says.
+//! When they sit there, the monitor says so in a note instead of a warning.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufWriter, Write};
@@ -28,6 +35,7 @@ use cifar_models::{ActivationConfig, ActivationStats, Model};
 use serde::Serialize;
 
 use crate::callbacks::{Callback, EpochEnd};
+use crate::config::{OptimizerKind, TrainConfig};
 use crate::params::{parameters, squared_norm};
 use crate::progress::Progress;
 use crate::trainer::{StepInfo, StepObserver};
@@ -69,6 +77,92 @@ pub struct LayerSnapshot {
     pub dead_fraction: f64,
 }
 
+/// Where SGD with weight decay holds the update/weight ratio of a weight
+/// that feeds batch norm.
+///
+/// Batch norm makes the loss blind to such a weight's scale, so its
+/// gradient is orthogonal to it and shrinks as the weight grows: each step
+/// turns the weight and lengthens it a little, and weight decay shortens
+/// it. The two balance at the norm where each step turns the weight by
+/// `sqrt(2 · lr · weight_decay · k)` radians: the "spherical motion
+/// dynamics" of Wan et al. (NeurIPS 2021), the "rotational equilibrium" of
+/// Kosson et al. (ICML 2024). Here `lr` multiplies the momentum buffer
+/// (PyTorch's and Burn's SGD) and `k` depends on the momentum `m`. With the
+/// update `u_t = Σ c_j g_{t-j}` a filter of past gradients, balancing the
+/// norm's growth against the decay gives `k = Σ c_j² / Σ c_j`: 1 for plain
+/// SGD, `1 / (1 + m)` for heavy-ball momentum (Kosson et al., Table 1) and
+/// `(1 - m)(1 + m)² + m⁴ / (1 + m)` for Nesterov's (`c_0 = 1 + m`,
+/// `c_j = m^(j+1)`). A test checks all three against a simulation.
+///
+/// At equilibrium the ratio says nothing about whether `lr` alone is too
+/// high: lowering `lr` lowers it only by a square root.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RotationalEquilibrium {
+    /// The optimizer's L2 weight decay, added to the gradient.
+    pub weight_decay: f64,
+    /// The momentum coefficient (0 for plain SGD).
+    pub momentum: f64,
+    /// Nesterov's momentum rather than heavy-ball.
+    pub nesterov: bool,
+}
+
+impl RotationalEquilibrium {
+    /// The equilibrium of `config`'s optimizer: SGD, with or without
+    /// (Nesterov) momentum, with weight decay. `None` for the adaptive
+    /// optimizers and without weight decay.
+    pub fn of(config: &TrainConfig) -> Option<Self> {
+        let (momentum, nesterov) = match config.optimizer {
+            OptimizerKind::Sgd => (0.0, false),
+            OptimizerKind::Momentum => (config.momentum, false),
+            OptimizerKind::Nesterov => (config.momentum, true),
+            OptimizerKind::Adam | OptimizerKind::Adamw | OptimizerKind::Rmsprop => return None,
+        };
+        (config.weight_decay > 0.0).then_some(Self {
+            weight_decay: config.weight_decay,
+            momentum,
+            nesterov,
+        })
+    }
+
+    /// The momentum's factor `k` (see the type's doc).
+    pub fn momentum_factor(&self) -> f64 {
+        let m = self.momentum;
+        if self.nesterov {
+            (1.0 - m) * (1.0 + m).powi(2) + m.powi(4) / (1.0 + m)
+        } else {
+            1.0 / (1.0 + m)
+        }
+    }
+
+    /// The update/weight ratio per step at learning rate `lr`.
+    pub fn ratio(&self, lr: f64) -> f64 {
+        (2.0 * lr * self.weight_decay * self.momentum_factor()).sqrt()
+    }
+
+    /// A measured ratio this close to [`Self::ratio`] is at equilibrium
+    /// (within a factor of 2 either way).
+    fn holds(&self, lr: f64, measured: f64) -> bool {
+        let predicted = self.ratio(lr);
+        predicted > 0.0 && (0.5..=2.0).contains(&(measured / predicted))
+    }
+
+    /// The formula with this run's numbers, for a note.
+    fn explain(&self, lr: f64) -> String {
+        let momentum = match (self.momentum, self.nesterov) {
+            (0.0, _) => "plain SGD".to_string(),
+            (m, true) => format!("Nesterov momentum {m}"),
+            (m, false) => format!("momentum {m}"),
+        };
+        format!(
+            "sqrt(2 * lr * weight-decay * k) = sqrt(2 * {lr:.3e} * {:.3e} * {:.3}) = {:.2e}, with k = {:.3} for {momentum}",
+            self.weight_decay,
+            self.momentum_factor(),
+            self.ratio(lr),
+            self.momentum_factor(),
+        )
+    }
+}
+
 /// What the monitor needs to know about the run.
 #[derive(Debug, Clone)]
 pub struct MonitorSettings {
@@ -80,6 +174,10 @@ pub struct MonitorSettings {
     pub warmup_steps: usize,
     /// The hidden layers' activation.
     pub activation: ActivationConfig,
+    /// The equilibrium of weights that feed batch norm, for SGD (with or
+    /// without momentum) with weight decay; `None` for other optimizers or
+    /// without weight decay, where those weights are judged like the rest.
+    pub equilibrium: Option<RotationalEquilibrium>,
 }
 
 impl MonitorSettings {
@@ -97,8 +195,23 @@ impl MonitorSettings {
             window: WINDOW.min((steps_per_epoch / every).max(1)),
             warmup_steps,
             activation,
+            equilibrium: None,
         }
     }
+
+    /// Judges the weights that feed batch norm against `equilibrium`.
+    pub fn with_equilibrium(mut self, equilibrium: Option<RotationalEquilibrium>) -> Self {
+        self.equilibrium = equilibrium;
+        self
+    }
+}
+
+/// The update/weight ratio of one weight tensor at the last monitor point.
+#[derive(Debug, Clone)]
+struct LastRatio {
+    name: String,
+    ratio: f64,
+    feeds_batch_norm: bool,
 }
 
 /// Records per-layer statistics and warns about unhealthy layers.
@@ -108,13 +221,17 @@ pub struct LayerMonitor {
     csv: BufWriter<std::fs::File>,
     progress: Progress,
     grad_norms: BTreeMap<String, f64>,
-    last_ratios: Vec<(String, f64)>,
+    last_ratios: Vec<LastRatio>,
     high_streak: usize,
     low_streak: usize,
+    equilibrium_streak: usize,
     warned: BTreeSet<String>,
     warnings: Vec<String>,
+    notes: Vec<String>,
     printed: usize,
+    printed_notes: usize,
     ratios: Vec<RatioPoint>,
+    equilibrium_points: Vec<(usize, f64)>,
     snapshots: Vec<(usize, Vec<LayerSnapshot>)>,
 }
 
@@ -136,7 +253,7 @@ impl LayerMonitor {
             Some(_) => std::fs::read_to_string(path).unwrap_or_default(),
             None => String::new(),
         };
-        let (kept, ratios) = parse_layers_csv(&text, resume_at.unwrap_or(0));
+        let (kept, history) = parse_layers_csv(&text, resume_at.unwrap_or(0));
         crate::rundir::write_atomic(path, kept.as_bytes())?;
         let file = std::fs::OpenOptions::new()
             .append(true)
@@ -151,10 +268,14 @@ impl LayerMonitor {
             last_ratios: Vec::new(),
             high_streak: 0,
             low_streak: 0,
+            equilibrium_streak: 0,
             warned: BTreeSet::new(),
             warnings: Vec::new(),
+            notes: Vec::new(),
             printed: 0,
-            ratios,
+            printed_notes: 0,
+            ratios: history.ratios,
+            equilibrium_points: history.equilibrium,
             snapshots: Vec::new(),
         })
     }
@@ -169,9 +290,24 @@ impl LayerMonitor {
         &self.warnings
     }
 
+    /// Notes so far: readings that look alarming by the lecture's rule of
+    /// thumb but are explained (weights at their rotational equilibrium).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
     /// Every update/weight ratio recorded so far.
     pub fn ratios(&self) -> &[RatioPoint] {
         &self.ratios
+    }
+
+    /// Every update/weight ratio recorded so far, with the equilibrium
+    /// ratio of the weights that feed batch norm when there is one.
+    pub fn history(&self) -> RatioHistory {
+        RatioHistory {
+            ratios: self.ratios.clone(),
+            equilibrium: self.equilibrium_points.clone(),
+        }
     }
 
     /// The activation snapshots taken at the end of each epoch: (epoch, layers).
@@ -184,8 +320,8 @@ impl LayerMonitor {
         let mut above: Vec<(String, f64)> = self
             .last_ratios
             .iter()
-            .filter(|(_, r)| !r.is_finite() || *r > threshold)
-            .cloned()
+            .filter(|r| !r.ratio.is_finite() || r.ratio > threshold)
+            .map(|r| (r.name.clone(), r.ratio))
             .collect();
         above.sort_by(|a, b| b.1.total_cmp(&a.1));
         above
@@ -223,27 +359,43 @@ impl LayerMonitor {
         }
     }
 
-    /// Prints the warnings given since the last call, as `warning: ...` lines.
+    /// Prints the warnings and notes given since the last call, as
+    /// `warning: ...` and `note: ...` lines.
     pub fn print_new_warnings(&mut self) {
         for text in &self.warnings[self.printed..] {
             self.progress.line(&format!("warning: {text}"));
         }
         self.printed = self.warnings.len();
+        for text in &self.notes[self.printed_notes..] {
+            self.progress.line(&format!("note: {text}"));
+        }
+        self.printed_notes = self.notes.len();
     }
 
     /// The lecture's ratio judges the learning rate, one number for the
     /// network: the median ratio over the weight tensors, sustained over
     /// the window, against the healthy band. (A single layer can run hotter
     /// or colder than the rest for good reasons: the output layer starts
-    /// small, so its ratio starts high.)
+    /// small, so its ratio starts high.) Weights that feed batch norm are
+    /// left out of that median when SGD's weight decay holds them at an
+    /// equilibrium; [`Self::judge_equilibrium`] judges them instead. The
+    /// median needs two tensors or more after that.
     fn judge_learning_rate(&mut self, step: &StepInfo, in_warmup: bool) {
+        let apart = self.settings.equilibrium.is_some();
+        let judged = move |r: &LastRatio| !(r.feeds_batch_norm && apart);
         let mut ratios: Vec<f64> = self
             .last_ratios
             .iter()
-            .map(|(_, r)| *r)
-            .filter(|r| r.is_finite())
+            .filter(|r| judged(r) && r.ratio.is_finite())
+            .map(|r| r.ratio)
             .collect();
         let n = ratios.len();
+        // One tensor's ratio is that layer's reading, not the network's:
+        // when batch norm's inputs are judged apart and only the output
+        // layer is left, the rule has nothing to say.
+        if apart && n < 2 && n < self.last_ratios.len() {
+            return;
+        }
         let Some(median) = crate::search::prune::median(&mut ratios) else {
             return;
         };
@@ -259,28 +411,34 @@ impl LayerMonitor {
         };
         let window = self.settings.window;
         let row = step.iteration + 1;
+        let which = if self.last_ratios.iter().all(&judged) {
+            ""
+        } else {
+            " that do not feed batch norm"
+        };
         let layers = |this: &Self, above: bool| -> String {
-            let mut named: Vec<&(String, f64)> = this
+            let mut named: Vec<&LastRatio> = this
                 .last_ratios
                 .iter()
-                .filter(|(_, r)| {
+                .filter(|r| judged(r))
+                .filter(|r| {
                     if above {
-                        *r > HIGH_RATIO
+                        r.ratio > HIGH_RATIO
                     } else {
-                        *r < LOW_RATIO
+                        r.ratio < LOW_RATIO
                     }
                 })
                 .collect();
             // Farthest from the band first.
             if above {
-                named.sort_by(|a, b| b.1.total_cmp(&a.1));
+                named.sort_by(|a, b| b.ratio.total_cmp(&a.ratio));
             } else {
-                named.sort_by(|a, b| a.1.total_cmp(&b.1));
+                named.sort_by(|a, b| a.ratio.total_cmp(&b.ratio));
             }
             named
                 .iter()
                 .take(4)
-                .map(|(name, r)| format!("{name} {r:.1e}"))
+                .map(|r| format!("{} {:.1e}", r.name, r.ratio))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -289,7 +447,7 @@ impl LayerMonitor {
             self.warn(
                 "high".into(),
                 format!(
-                    "the median update/weight ratio of the {n} weight tensors stayed above {HIGH_RATIO:.0e} for {window} monitor points \
+                    "the median update/weight ratio of the {n} weight tensors{which} stayed above {HIGH_RATIO:.0e} for {window} monitor points \
                      (now {median:.2e} at step {row}; about {HEALTHY_RATIO:.0e} is healthy; highest: {named}): \
                      the updates are too large, lower --lr (now {:.3e})",
                     step.lr
@@ -301,12 +459,62 @@ impl LayerMonitor {
             self.warn(
                 "low".into(),
                 format!(
-                    "the median update/weight ratio of the {n} weight tensors stayed below {LOW_RATIO:.0e} for {window} monitor points \
+                    "the median update/weight ratio of the {n} weight tensors{which} stayed below {LOW_RATIO:.0e} for {window} monitor points \
                      (now {median:.2e} at step {row}; about {HEALTHY_RATIO:.0e} is healthy; lowest: {named}): \
                      the updates are too small, raise --lr (now {:.3e})",
                     step.lr
                 ),
             );
+        }
+    }
+
+    /// The weights that feed batch norm, against their rotational
+    /// equilibrium: once their median ratio has sat within a factor of 2 of
+    /// it for the window (after warmup), a note says why the lecture's
+    /// rule does not judge them.
+    fn judge_equilibrium(&mut self, step: &StepInfo, in_warmup: bool) {
+        let Some(equilibrium) = self.settings.equilibrium else {
+            return;
+        };
+        let mut ratios: Vec<f64> = self
+            .last_ratios
+            .iter()
+            .filter(|r| r.feeds_batch_norm && r.ratio.is_finite())
+            .map(|r| r.ratio)
+            .collect();
+        let n = ratios.len();
+        let Some(median) = crate::search::prune::median(&mut ratios) else {
+            return;
+        };
+        let predicted = equilibrium.ratio(step.lr);
+        let row = step.iteration + 1;
+        self.record(
+            row,
+            EQUILIBRIUM_LAYER,
+            "weight",
+            EQUILIBRIUM_STATISTIC,
+            predicted,
+        );
+        self.equilibrium_points.push((step.iteration, predicted));
+        self.equilibrium_streak = if !in_warmup && equilibrium.holds(step.lr, median) {
+            self.equilibrium_streak + 1
+        } else {
+            0
+        };
+        let window = self.settings.window;
+        if self.equilibrium_streak >= window && self.warned.insert("equilibrium".into()) {
+            let lecture = if median > HIGH_RATIO {
+                format!(", far above the lecture's {HEALTHY_RATIO:.0e}")
+            } else {
+                String::new()
+            };
+            self.notes.push(format!(
+                "the {n} weight tensors that feed batch norm turn by a median {median:.2e} per step{lecture} \
+                 (step {row}), at the rotational equilibrium of SGD with weight decay: {}. \
+                 Batch norm undoes their scale, so --lr and --weight-decay together set this ratio; \
+                 it does not mean the learning rate is too high",
+                equilibrium.explain(step.lr)
+            ));
         }
     }
 
@@ -347,11 +555,26 @@ impl LayerMonitor {
     }
 }
 
+/// The `layer` and `statistic` of the rows that hold the rotational
+/// equilibrium's ratio (the weights that feed batch norm as one).
+const EQUILIBRIUM_LAYER: &str = "batch_norm_inputs";
+const EQUILIBRIUM_STATISTIC: &str = "equilibrium_ratio";
+
+/// The update ratios of a run, for its chart.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RatioHistory {
+    /// Each weight tensor's ratio at each monitor point.
+    pub ratios: Vec<RatioPoint>,
+    /// (0-based step, ratio) of the [`RotationalEquilibrium`] of the
+    /// weights that feed batch norm; empty when there is none.
+    pub equilibrium: Vec<(usize, f64)>,
+}
+
 /// The rows of a `layers.csv` text up to step `iteration` (1-based rows),
 /// and the weights' update ratios among them.
-fn parse_layers_csv(text: &str, iteration: usize) -> (String, Vec<RatioPoint>) {
+fn parse_layers_csv(text: &str, iteration: usize) -> (String, RatioHistory) {
     let mut kept = format!("{LAYERS_HEADER}\n");
-    let mut ratios = Vec::new();
+    let mut history = RatioHistory::default();
     for line in text.lines().skip(1) {
         let fields: Vec<&str> = line.split(',').collect();
         let Some(step) = fields.first().and_then(|s| s.parse::<usize>().ok()) else {
@@ -360,21 +583,26 @@ fn parse_layers_csv(text: &str, iteration: usize) -> (String, Vec<RatioPoint>) {
         if step > iteration {
             continue;
         }
-        if fields.len() == 5 && fields[3] == "update_ratio" && fields[2] == "weight" {
-            ratios.push(RatioPoint {
-                iteration: step - 1,
-                name: format!("{}.{}", fields[1], fields[2]),
-                ratio: fields[4].parse().unwrap_or(f64::NAN),
-            });
+        if fields.len() == 5 && fields[2] == "weight" {
+            let value = fields[4].parse().unwrap_or(f64::NAN);
+            if fields[3] == "update_ratio" {
+                history.ratios.push(RatioPoint {
+                    iteration: step - 1,
+                    name: format!("{}.{}", fields[1], fields[2]),
+                    ratio: value,
+                });
+            } else if fields[1] == EQUILIBRIUM_LAYER && fields[3] == EQUILIBRIUM_STATISTIC {
+                history.equilibrium.push((step - 1, value));
+            }
         }
         kept.push_str(line);
         kept.push('\n');
     }
-    (kept, ratios)
+    (kept, history)
 }
 
-/// The weights' update ratios recorded in a run's `layers.csv` (for redrawing its chart).
-pub fn read_ratios(path: &std::path::Path) -> Result<Vec<RatioPoint>> {
+/// The update ratios recorded in a run's `layers.csv` (for redrawing its chart).
+pub fn read_ratios(path: &std::path::Path) -> Result<RatioHistory> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(parse_layers_csv(&text, usize::MAX).1)
@@ -426,7 +654,11 @@ impl StepObserver for LayerMonitor {
                 name: old.name.clone(),
                 ratio,
             });
-            self.last_ratios.push((old.name.clone(), ratio));
+            self.last_ratios.push(LastRatio {
+                name: old.name.clone(),
+                ratio,
+                feeds_batch_norm: old.feeds_batch_norm,
+            });
             // A ratio this far off needs no window: the next steps may diverge.
             if ratio > FAR_RATIO {
                 self.warn(
@@ -440,6 +672,7 @@ impl StepObserver for LayerMonitor {
             }
         }
         self.judge_learning_rate(step, in_warmup);
+        self.judge_equilibrium(step, in_warmup);
         let layers = self.probe_layers(after);
         for layer in &layers {
             let s = &layer.stats;
@@ -471,7 +704,6 @@ impl Callback for LayerMonitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{OptimizerKind, TrainConfig};
     use crate::params::parameters;
     use crate::trainer::Trainer;
     use cifar_data::CifarBatch;
@@ -614,6 +846,14 @@ mod tests {
         assert!(tanh.warnings()[0].contains("75% of the activations of hidden1 are saturated"));
     }
 
+    fn last(name: &str, ratio: f64) -> LastRatio {
+        LastRatio {
+            name: name.into(),
+            ratio,
+            feeds_batch_norm: false,
+        }
+    }
+
     #[test]
     fn a_sustained_high_median_warns_but_one_hot_layer_does_not() {
         let dir = tempfile::tempdir().unwrap();
@@ -621,17 +861,17 @@ mod tests {
         let window = monitor.settings().window;
         // Only the output layer runs hot: the median (2e-3) is healthy.
         monitor.last_ratios = vec![
-            ("a.weight".into(), 1e-3),
-            ("b.weight".into(), 2e-3),
-            ("output.weight".into(), 5e-2),
+            last("a.weight", 1e-3),
+            last("b.weight", 2e-3),
+            last("output.weight", 5e-2),
         ];
         for _ in 0..2 * window {
             monitor.judge_learning_rate(&first_step(0.1), false);
         }
         assert!(monitor.warnings().is_empty(), "{:?}", monitor.warnings());
         // Most layers hot: the warning comes after `window` points, once.
-        monitor.last_ratios[0].1 = 2e-2;
-        monitor.last_ratios[1].1 = 3e-2;
+        monitor.last_ratios[0].ratio = 2e-2;
+        monitor.last_ratios[1].ratio = 3e-2;
         for i in 0..2 * window {
             monitor.judge_learning_rate(&first_step(0.1), false);
             assert_eq!(monitor.warnings().len(), usize::from(i + 1 >= window));
@@ -647,7 +887,7 @@ mod tests {
         );
         // Too small during warmup does not count; after it, it does.
         let mut cold = monitor_in(dir.path());
-        cold.last_ratios = vec![("a.weight".into(), 1e-6)];
+        cold.last_ratios = vec![last("a.weight", 1e-6)];
         for _ in 0..2 * window {
             cold.judge_learning_rate(&first_step(1e-6), true);
         }
@@ -656,6 +896,236 @@ mod tests {
             cold.judge_learning_rate(&first_step(1e-6), false);
         }
         assert!(cold.warnings()[0].contains("raise --lr"));
+    }
+
+    /// SGD on a weight the loss cannot see the scale of: each step's
+    /// gradient is a random direction orthogonal to `w` with norm
+    /// `sqrt(d) / ||w||` (the noise-driven regime of the derivation), plus weight
+    /// decay, through the optimizer's momentum exactly as Burn applies it.
+    /// Returns the mean update/weight ratio over the last 1,000 steps.
+    fn simulated_ratio(lr: f64, equilibrium: RotationalEquilibrium) -> f64 {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut normal = move || {
+            // Box-Muller.
+            let (u, v): (f64, f64) = (rng.random(), rng.random());
+            (-2.0 * (1.0 - u).ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+        };
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+        let d = 1000;
+        let (m, wd) = (equilibrium.momentum, equilibrium.weight_decay);
+        let mut w: Vec<f64> = (0..d).map(|_| normal()).collect();
+        let mut velocity = vec![0.0; d];
+        let (steps, kept) = (6000, 1000);
+        let mut sum = 0.0;
+        for step in 0..steps {
+            let mut g: Vec<f64> = (0..d).map(|_| normal()).collect();
+            let (ww, gw) = (dot(&w, &w), dot(&g, &w));
+            let scale = (d as f64).sqrt() / (dot(&g, &g) - gw * gw / ww).sqrt() / ww.sqrt();
+            for (gi, wi) in g.iter_mut().zip(&w) {
+                *gi = (*gi - gw / ww * wi) * scale + wd * wi;
+            }
+            let mut moved = 0.0;
+            for i in 0..d {
+                velocity[i] = m * velocity[i] + g[i];
+                let update = if equilibrium.nesterov {
+                    g[i] + m * velocity[i]
+                } else {
+                    velocity[i]
+                };
+                moved += (lr * update).powi(2);
+                w[i] -= lr * update;
+            }
+            if step >= steps - kept {
+                sum += moved.sqrt() / ww.sqrt();
+            }
+        }
+        sum / kept as f64
+    }
+
+    #[test]
+    fn the_rotational_equilibrium_matches_a_simulation() {
+        // k by hand: Nesterov 0.9 gives 0.1 * 1.9^2 + 0.9^4 / 1.9 = 0.361 + 0.345316.
+        let nesterov = RotationalEquilibrium {
+            weight_decay: 5e-3,
+            momentum: 0.9,
+            nesterov: true,
+        };
+        assert!((nesterov.momentum_factor() - 0.706_316).abs() < 1e-6);
+        for (lr, equilibrium) in [
+            (
+                0.1,
+                RotationalEquilibrium {
+                    momentum: 0.0,
+                    nesterov: false,
+                    ..nesterov
+                },
+            ),
+            (
+                0.1,
+                RotationalEquilibrium {
+                    nesterov: false,
+                    ..nesterov
+                },
+            ),
+            (0.1, nesterov),
+            // The recipe's optimizer at its peak rate.
+            (
+                1.5,
+                RotationalEquilibrium {
+                    weight_decay: 1.333e-3,
+                    momentum: 0.85,
+                    nesterov: true,
+                },
+            ),
+        ] {
+            let predicted = equilibrium.ratio(lr);
+            let simulated = simulated_ratio(lr, equilibrium);
+            assert!(
+                (simulated / predicted - 1.0).abs() < 0.03,
+                "{equilibrium:?} at lr {lr}: simulated {simulated:.4e}, predicted {predicted:.4e}"
+            );
+        }
+        // Heavy-ball and Nesterov differ by more than the tolerance, so the
+        // test tells them apart.
+        let heavy = RotationalEquilibrium {
+            nesterov: false,
+            ..nesterov
+        };
+        assert!(nesterov.ratio(0.1) / heavy.ratio(0.1) > 1.1);
+    }
+
+    #[test]
+    fn the_equilibrium_applies_to_sgd_with_weight_decay_only() {
+        let config = |optimizer, weight_decay| TrainConfig {
+            optimizer,
+            weight_decay,
+            momentum: 0.85,
+            ..TrainConfig::default()
+        };
+        let nesterov = RotationalEquilibrium::of(&config(OptimizerKind::Nesterov, 1e-3)).unwrap();
+        assert!(nesterov.nesterov && nesterov.momentum == 0.85);
+        let sgd = RotationalEquilibrium::of(&config(OptimizerKind::Sgd, 1e-3)).unwrap();
+        assert_eq!(sgd.momentum, 0.0);
+        // k = 1: sqrt(2 * 0.5 * 1e-3) by hand.
+        assert!((sgd.ratio(0.5) - 0.031_622_8).abs() < 1e-7);
+        assert!(RotationalEquilibrium::of(&config(OptimizerKind::Nesterov, 0.0)).is_none());
+        assert!(RotationalEquilibrium::of(&config(OptimizerKind::Adamw, 1e-3)).is_none());
+    }
+
+    #[test]
+    fn weights_at_their_equilibrium_get_a_note_and_no_warning() {
+        let equilibrium = RotationalEquilibrium {
+            weight_decay: 1.333e-3,
+            momentum: 0.85,
+            nesterov: true,
+        };
+        let lr = 1.36;
+        // The recipe at step 97: convolutions that feed batch norm turn by
+        // about 4.4e-2 per step (the equilibrium is 5.4e-2), the output layer by 5e-3.
+        let recipe = |fed_ratio: f64| -> Vec<LastRatio> {
+            let mut ratios: Vec<LastRatio> = (0..6)
+                .map(|i| LastRatio {
+                    name: format!("stages.{i}.conv.weight"),
+                    ratio: fed_ratio * (1.0 + 0.05 * i as f64),
+                    feeds_batch_norm: true,
+                })
+                .collect();
+            ratios.push(last("output.weight", 5e-3));
+            ratios
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let settings = MonitorSettings::for_run(100, Some(1), 10, ActivationConfig::Gelu)
+            .with_equilibrium(Some(equilibrium));
+        let mut monitor = LayerMonitor::new(
+            settings.clone(),
+            Tensor::<4>::zeros([2, 6, 1, 1], &Device::flex()),
+            &dir.path().join("layers.csv"),
+            None,
+            Progress {
+                to_stderr: true,
+                bars: false,
+            },
+        )
+        .unwrap();
+        let window = monitor.settings().window;
+        let at = |iteration| StepInfo {
+            iteration,
+            ..first_step(lr)
+        };
+        monitor.last_ratios = recipe(4.4e-2);
+        // In warmup nothing is concluded; after it, the note comes once after the window.
+        for i in 0..10 {
+            monitor.judge_learning_rate(&at(i), true);
+            monitor.judge_equilibrium(&at(i), true);
+        }
+        assert!(monitor.notes().is_empty());
+        for i in 10..10 + 2 * window {
+            monitor.judge_learning_rate(&at(i), false);
+            monitor.judge_equilibrium(&at(i), false);
+        }
+        assert!(monitor.warnings().is_empty(), "{:?}", monitor.warnings());
+        assert_eq!(monitor.notes().len(), 1, "{:?}", monitor.notes());
+        let note = &monitor.notes()[0];
+        assert!(
+            note.contains("the 6 weight tensors that feed batch norm"),
+            "{note}"
+        );
+        assert!(note.contains("far above the lecture's 1e-3"), "{note}");
+        assert!(
+            note.contains("= 5.37e-2, with k = 0.796 for Nesterov momentum 0.85"),
+            "{note}"
+        );
+        monitor.csv.flush().unwrap();
+        let history = read_ratios(&dir.path().join("layers.csv")).unwrap();
+        assert_eq!(history.equilibrium.len(), 10 + 2 * window);
+        assert!((history.equilibrium[0].1 - equilibrium.ratio(lr)).abs() < 1e-7);
+
+        // Far from the equilibrium (ten times above it): no note.
+        let mut hot = monitor_in(dir.path());
+        hot.settings = settings.clone();
+        hot.last_ratios = recipe(0.5);
+        for i in 10..10 + 2 * window {
+            hot.judge_equilibrium(&at(i), false);
+        }
+        assert!(hot.notes().is_empty());
+
+        // Without the equilibrium (Adam, or no weight decay) the same
+        // ratios are the lecture's business: the median is too high.
+        let mut plain = monitor_in(dir.path());
+        plain.last_ratios = recipe(4.4e-2);
+        for i in 10..10 + 2 * window {
+            plain.judge_learning_rate(&at(i), false);
+            plain.judge_equilibrium(&at(i), false);
+        }
+        assert!(plain.notes().is_empty());
+        assert!(
+            plain.warnings()[0].contains("ratio of the 7 weight tensors stayed above 1e-2"),
+            "{:?}",
+            plain.warnings()
+        );
+
+        // With it, a hot output layer alone is one layer's reading: no warning.
+        let mut output = monitor_in(dir.path());
+        output.settings = settings;
+        output.last_ratios = recipe(4.4e-2);
+        output.last_ratios[6].ratio = 3e-2;
+        for i in 10..10 + 2 * window {
+            output.judge_learning_rate(&at(i), false);
+        }
+        assert!(output.warnings().is_empty(), "{:?}", output.warnings());
+        // Two hot layers that do not feed batch norm are judged, and named as such.
+        output.last_ratios.push(last("head.weight", 2e-2));
+        for i in 10..10 + 2 * window {
+            output.judge_learning_rate(&at(i), false);
+        }
+        assert!(
+            output.warnings()[0].contains(
+                "ratio of the 2 weight tensors that do not feed batch norm stayed above 1e-2"
+            ),
+            "{:?}",
+            output.warnings()
+        );
     }
 
     #[test]

@@ -4,6 +4,12 @@
 //! model's variant: `stages.0.convs.1.conv.weight`, `hidden.0.linear.bias`,
 //! `output.weight`. Batch norm's running statistics are not parameters (no
 //! gradient) and are left out.
+//!
+//! A block's batch norm is its field `norm`, beside the `conv` or `linear`
+//! it normalizes: a weight whose block has one is marked
+//! [`NamedParam::feeds_batch_norm`].
+
+use std::collections::BTreeSet;
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
@@ -23,6 +29,11 @@ pub struct NamedParam {
     pub value: Tensor<1>,
     /// The gradient, flattened, when gradients were given.
     pub grad: Option<Tensor<1>>,
+    /// A weight whose output goes through batch norm: scaling it leaves
+    /// the network's output unchanged, so its norm carries no meaning and
+    /// its update/weight ratio follows the learning rate and weight decay
+    /// (see [`crate::monitor::RotationalEquilibrium`]).
+    pub feeds_batch_norm: bool,
 }
 
 impl NamedParam {
@@ -49,11 +60,23 @@ impl NamedParam {
 pub fn parameters(model: &Model, grads: Option<&GradientsParams>) -> Vec<NamedParam> {
     let mut visitor = Collector {
         path: Vec::new(),
+        modules: BTreeSet::new(),
         grads,
         out: Vec::new(),
     };
     model.visit(&mut visitor);
-    visitor.out
+    let Collector {
+        modules, mut out, ..
+    } = visitor;
+    for param in out.iter_mut().filter(|p| p.is_weight()) {
+        // `stages.0.convs.1.conv.weight` feeds `stages.0.convs.1.norm`.
+        let block = param
+            .layer()
+            .rsplit_once('.')
+            .map_or("", |(block, _)| block);
+        param.feeds_batch_norm = modules.contains(&format!("{block}.norm"));
+    }
+    out
 }
 
 /// Sum of squares of a tensor, read back as f64.
@@ -63,6 +86,9 @@ pub fn squared_norm(t: &Tensor<1>) -> f64 {
 
 struct Collector<'a> {
     path: Vec<String>,
+    /// Every module that holds a tensor (`stages.0.convs.1.norm`); Burn
+    /// also enters an `Option` field that is `None`.
+    modules: BTreeSet<String>,
     grads: Option<&'a GradientsParams>,
     out: Vec<NamedParam>,
 }
@@ -82,6 +108,9 @@ impl ModuleVisitor for Collector<'_> {
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some((_, module)) = self.path.split_last() {
+            self.modules.insert(module.join("."));
+        }
         // Batch norm's running statistics are buffers, not trained parameters.
         if self.path.last().is_some_and(|n| n.starts_with("running_")) {
             return;
@@ -105,6 +134,7 @@ impl ModuleVisitor for Collector<'_> {
             dims: value.dims().to_vec(),
             value: flatten(value),
             grad,
+            feeds_batch_norm: false,
         });
     }
 }
@@ -138,6 +168,57 @@ mod tests {
         assert!(
             names.contains(&"stages.0.convs.0.conv.weight".to_string()),
             "{names:?}"
+        );
+    }
+
+    #[test]
+    fn weights_that_feed_batch_norm_are_marked() {
+        let device = Device::flex().autodiff();
+        let fed = |model: &Model| -> Vec<String> {
+            parameters(model, None)
+                .into_iter()
+                .filter(|p| p.feeds_batch_norm)
+                .map(|p| p.name)
+                .collect()
+        };
+        // Every convolution of the recipe's network feeds a batch norm (the
+        // first through its early max pool, which scaling commutes with);
+        // the output layer and the frozen whitening layer do not.
+        let recipe = ModelConfig::Cnn(
+            CnnConfig::new(vec![
+                cifar_models::StageConfig::new(vec![4, 4]).with_early_pool(true),
+            ])
+            .with_whiten(2)
+            .with_norm_scale(false),
+        )
+        .init(&device);
+        assert_eq!(
+            fed(&recipe),
+            [
+                "stages.0.convs.0.conv.weight",
+                "stages.0.convs.1.conv.weight"
+            ]
+        );
+        let mlp = |batch_norm| {
+            ModelConfig::Mlp(
+                MlpConfig::new()
+                    .with_hidden_sizes(vec![4, 4])
+                    .with_input_size(6)
+                    .with_batch_norm(batch_norm),
+            )
+            .init(&device)
+        };
+        assert_eq!(
+            fed(&mlp(true)),
+            ["hidden.0.linear.weight", "hidden.1.linear.weight"]
+        );
+        assert!(fed(&mlp(false)).is_empty());
+        // Biases and norm parameters are never marked, even inside a block with batch norm.
+        assert!(
+            parameters(&mlp(true), None)
+                .iter()
+                .filter(|p| !p.is_weight())
+                .all(|p| !p.feeds_batch_norm)
         );
     }
 

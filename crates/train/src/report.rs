@@ -1,7 +1,8 @@
 //! `report.html`: one self-contained page per run folder, for a person to
 //! open after a run: the configuration, the summary, the check verdicts (if
 //! `train check` ran for this run), every chart (inlined, so the page needs
-//! no other file and no network), the warnings and the confusion matrix.
+//! no other file and no network), the warnings, the notes and the confusion
+//! matrix.
 //!
 //! When every image has loaded, the page sets `data-images="loaded"` on its
 //! `<body>`, so a headless browser can tell that nothing is missing.
@@ -75,13 +76,16 @@ pub fn write_report(run: &RunDir) -> Result<std::path::PathBuf> {
         None => html.push_str("<p>No summary.json yet: the run has not finished an epoch.</p>\n"),
     }
 
-    let warnings: Vec<String> = summary
-        .as_ref()
-        .and_then(|s| s["warnings"].as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|w| w.as_str().map(str::to_string))
-        .collect();
+    let strings = |key: &str| -> Vec<String> {
+        summary
+            .as_ref()
+            .and_then(|s| s[key].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|w| w.as_str().map(str::to_string))
+            .collect()
+    };
+    let warnings = strings("warnings");
     html.push_str("<h2>Warnings</h2>\n");
     if warnings.is_empty() {
         html.push_str("<p class=\"ok\">None: every monitored layer stayed healthy.</p>\n");
@@ -89,6 +93,14 @@ pub fn write_report(run: &RunDir) -> Result<std::path::PathBuf> {
         html.push_str("<ul class=\"warnings\">\n");
         for w in &warnings {
             let _ = writeln!(html, "<li>{}</li>", escape(w));
+        }
+        html.push_str("</ul>\n");
+    }
+    let notes = strings("notes");
+    if !notes.is_empty() {
+        html.push_str("<h2>Notes</h2>\n<ul class=\"notes\">\n");
+        for n in &notes {
+            let _ = writeln!(html, "<li>{}</li>", escape(n));
         }
         html.push_str("</ul>\n");
     }
@@ -236,7 +248,7 @@ table { border-collapse: collapse; margin: .5rem 0; }
 th, td { border: 1px solid #ddd; padding: .35rem .6rem; text-align: left; vertical-align: top; font-size: .92rem; }
 th { background: #f5f5f5; }
 td.pass { color: #1a7f37; font-weight: bold; } td.warn { color: #9a6700; font-weight: bold; } td.fail { color: #cf222e; font-weight: bold; }
-ul.warnings li { color: #9a6700; margin: .3rem 0; } p.ok { color: #1a7f37; }
+ul.warnings li { color: #9a6700; margin: .3rem 0; } ul.notes li { margin: .3rem 0; } p.ok { color: #1a7f37; }
 figure { margin: 1.2rem 0; } img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: .9rem; margin-top: .3rem; }
 pre { background: #f7f7f7; padding: .8rem; overflow-x: auto; font-size: .85rem; }
@@ -281,6 +293,32 @@ mod tests {
         ] {
             assert_eq!(base64(input.as_bytes()), expected, "{input}");
         }
+    }
+
+    #[test]
+    fn warnings_and_notes_get_their_own_sections() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(dir.path().join("run")).unwrap();
+        std::fs::write(run.file("config.json"), "{}").unwrap();
+        let summary = serde_json::json!({
+            "status": "finished",
+            "warnings": ["lower --lr"],
+            "notes": ["the 6 weight tensors that feed batch norm turn by 5e-2 < lecture"],
+        });
+        std::fs::write(run.file("summary.json"), summary.to_string()).unwrap();
+        let html = std::fs::read_to_string(write_report(&run).unwrap()).unwrap();
+        let warnings = html.find("<h2>Warnings</h2>").expect("a warnings section");
+        let notes = html.find("<h2>Notes</h2>").expect("a notes section");
+        assert!(warnings < notes);
+        assert!(html.contains("<li>lower --lr</li>"));
+        assert!(html.contains("turn by 5e-2 &lt; lecture</li>"), "escaped");
+
+        // Without notes there is no empty section.
+        let summary = serde_json::json!({ "status": "finished", "warnings": [], "notes": [] });
+        std::fs::write(run.file("summary.json"), summary.to_string()).unwrap();
+        let html = std::fs::read_to_string(write_report(&run).unwrap()).unwrap();
+        assert!(!html.contains("<h2>Notes</h2>"));
+        assert!(html.contains("every monitored layer stayed healthy"));
     }
 
     #[test]
