@@ -509,10 +509,12 @@ impl LayerMonitor {
                 String::new()
             };
             self.notes.push(format!(
-                "the {n} weight tensors that feed batch norm turn by a median {median:.2e} per step{lecture} \
-                 (step {row}), at the rotational equilibrium of SGD with weight decay: {}. \
-                 Batch norm undoes their scale, so --lr and --weight-decay together set this ratio; \
+                "the {n} weight tensors that feed batch norm turn by a median {median:.2e} per step at step {row}{lecture}: \
+                 {:.2} of the rotational equilibrium of SGD with weight decay, {}. \
+                 Batch norm undoes their scale, so --lr and --weight-decay together set this ratio \
+                 (it stays below the equilibrium while the rate falls faster than the weights' norm can follow); \
                  it does not mean the learning rate is too high",
+                median / predicted,
                 equilibrium.explain(step.lr)
             ));
         }
@@ -1072,6 +1074,11 @@ mod tests {
             "{note}"
         );
         assert!(note.contains("far above the lecture's 1e-3"), "{note}");
+        // The median of 4.4e-2 x (1.10, 1.15) against 5.37e-2.
+        assert!(
+            note.contains("0.92 of the rotational equilibrium"),
+            "{note}"
+        );
         assert!(
             note.contains("= 5.37e-2, with k = 0.796 for Nesterov momentum 0.85"),
             "{note}"
