@@ -508,11 +508,16 @@ impl LayerMonitor {
             } else {
                 String::new()
             };
+            let lagging = if median < 0.8 * predicted {
+                " (below the equilibrium while the weights' norm is still settling, \
+                 or the rate falls faster than it can follow)"
+            } else {
+                ""
+            };
             self.notes.push(format!(
                 "the {n} weight tensors that feed batch norm turn by a median {median:.2e} per step at step {row}{lecture}: \
                  {:.2} of the rotational equilibrium of SGD with weight decay, {}. \
-                 Batch norm undoes their scale, so --lr and --weight-decay together set this ratio \
-                 (it stays below the equilibrium while the rate falls faster than the weights' norm can follow); \
+                 Batch norm undoes their scale, so --lr and --weight-decay together set this ratio{lagging}; \
                  it does not mean the learning rate is too high",
                 median / predicted,
                 equilibrium.explain(step.lr)

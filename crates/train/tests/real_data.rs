@@ -173,3 +173,59 @@ fn update_ratio_warnings_at_both_extremes() {
         "{warnings:?}"
     );
 }
+
+/// An MLP with batch norm under Nesterov SGD with weight decay: its hidden
+/// weights turn by about 5e-2 per step, fifty times the lecture's 1e-3, and
+/// the monitor explains it (their rotational equilibrium, reached within
+/// about 100 steps at this decay) in a note instead of advising a lower
+/// rate.
+#[test]
+fn weights_feeding_batch_norm_get_a_note_not_a_warning() {
+    let Some(data) = real_data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let summary: Value = common::json(&common::ok(&[
+        "fit",
+        "--data",
+        &data,
+        "--out",
+        out.to_str().unwrap(),
+        "--model",
+        "mlp",
+        "--hidden",
+        "200,200",
+        "--batch-norm",
+        "--optimizer",
+        "nesterov",
+        "--momentum",
+        "0.9",
+        "--lr",
+        "0.1",
+        "--weight-decay",
+        "2e-2",
+        "--lr-schedule",
+        "constant",
+        "--epochs",
+        "3",
+        "--train-size",
+        "20000",
+        "--json",
+    ]));
+    let notes = summary["notes"].as_array().unwrap();
+    assert!(
+        notes.iter().any(|n| n
+            .as_str()
+            .unwrap()
+            .contains("2 weight tensors that feed batch norm")),
+        "{summary:#}"
+    );
+    let warnings = summary["warnings"].as_array().unwrap();
+    assert!(
+        !warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("lower --lr")),
+        "{summary:#}"
+    );
+    let layers = std::fs::read_to_string(out.join("layers.csv")).unwrap();
+    assert!(layers.contains(",batch_norm_inputs,weight,equilibrium_ratio,"));
+}
