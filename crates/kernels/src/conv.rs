@@ -12,16 +12,14 @@
 //! convolution with a scalar col2im, which made them the slowest part of a
 //! CNN's training step.
 
+use crate::{AffineBackward, NoBias, WithBias};
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, AutodiffBackend, Backend, Dispatch, Flex, backend_extension};
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::ops::ConvOptions;
-use burn_autodiff::NodeId;
-use burn_autodiff::checkpoint::base::Checkpointer;
-use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_autodiff::ops::{Backward, OpsKind};
 use burn_flex::FlexTensor;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -534,49 +532,19 @@ impl ConvKernels for Flex {
 /// the options.
 type Saved<B> = (FloatTensor<B>, FloatTensor<B>, ConvOptions<2>);
 
-/// Runs the inner backend's backward on the output's gradient `grad` and
-/// registers the gradients of the parents that asked for one (`bias` absent
-/// for a convolution without bias).
-fn register<B: Backend + ConvKernels>(
-    (x, weight, options): Saved<B>,
-    grad: FloatTensor<B>,
-    [x_id, weight_id, bias_id]: [Option<NodeId>; 3],
-    grads: &mut Gradients,
-) {
-    let (dx, dweight, dbias) =
-        B::conv2d_unfolded_backward(x, weight, grad, options, x_id.is_some());
-    crate::register_gradients::<B>(
-        grads,
-        [x_id, weight_id, bias_id],
-        [dx, Some(dweight), Some(dbias)],
-    );
-}
-
-/// The backward pass of a convolution with bias.
+/// The convolution's backward: the inner backend's kernel.
 #[derive(Debug)]
-struct ConvWithBias;
+struct Conv;
 
-impl<B: Backend + ConvKernels> Backward<B, 3> for ConvWithBias {
+impl<B: Backend + ConvKernels> AffineBackward<B> for Conv {
     type State = Saved<B>;
 
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<B>(&ops.node);
-        let ids = ops.parents.map(|node| node.map(|node| node.id));
-        register::<B>(ops.state, grad, ids, grads);
-    }
-}
-
-/// The backward pass of a convolution without bias.
-#[derive(Debug)]
-struct ConvNoBias;
-
-impl<B: Backend + ConvKernels> Backward<B, 2> for ConvNoBias {
-    type State = Saved<B>;
-
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<B>(&ops.node);
-        let [x_id, weight_id] = ops.parents.map(|node| node.map(|node| node.id));
-        register::<B>(ops.state, grad, [x_id, weight_id, None], grads);
+    fn gradients(
+        (x, weight, options): Saved<B>,
+        grad: FloatTensor<B>,
+        input_grad: bool,
+    ) -> (Option<FloatTensor<B>>, FloatTensor<B>, FloatTensor<B>) {
+        B::conv2d_unfolded_backward(x, weight, grad, options, input_grad)
     }
 }
 
@@ -587,7 +555,7 @@ impl<B: Backend + ConvKernels, C: CheckpointStrategy> ConvKernels for Autodiff<B
         bias: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        match ConvWithBias
+        match WithBias(Conv)
             .prepare::<C>([x.node(), weight.node(), bias.node()])
             .compute_bound()
             .stateful()
@@ -616,7 +584,7 @@ impl<B: Backend + ConvKernels, C: CheckpointStrategy> ConvKernels for Autodiff<B
         weight: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        match ConvNoBias
+        match NoBias(Conv)
             .prepare::<C>([x.node(), weight.node()])
             .compute_bound()
             .stateful()

@@ -20,23 +20,71 @@ use burn::backend::Backend;
 use burn::backend::tensor::FloatTensor;
 use burn::prelude::*;
 use burn_autodiff::NodeId;
+use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops};
 
 /// Whether `device` is flex, plain or autodiff: where the kernels run.
 fn on_flex(device: &Device) -> bool {
     *device == Device::flex() || *device == Device::flex().autodiff()
 }
 
-/// Registers each gradient whose parent asked for one: the backward passes
-/// of the convolution and linear kernels, with their input, weight and
-/// bias parents (an input gradient is computed only when asked; a missing
-/// bias has no id).
-fn register_gradients<B: Backend>(
-    grads: &mut Gradients,
+/// A layer whose backward pass yields its input, weight and bias gradients
+/// from what it saved of the forward pass: the convolution and the linear
+/// layer. [`WithBias`] and [`NoBias`] turn one into Burn's `Backward` for
+/// the layer with and without bias.
+trait AffineBackward<B: Backend>: Send + std::fmt::Debug + 'static {
+    /// What the forward pass keeps for the backward.
+    type State: Clone + Send + std::fmt::Debug + 'static;
+
+    /// The input gradient (only when `input_grad`), the weight gradient and
+    /// the bias gradient, from the output's gradient `grad`.
+    fn gradients(
+        state: Self::State,
+        grad: FloatTensor<B>,
+        input_grad: bool,
+    ) -> (Option<FloatTensor<B>>, FloatTensor<B>, FloatTensor<B>);
+}
+
+/// The backward pass of layer `L` with a bias: three parents.
+#[derive(Debug)]
+struct WithBias<L>(L);
+
+/// The backward pass of layer `L` without bias: input and weight only.
+#[derive(Debug)]
+struct NoBias<L>(L);
+
+impl<B: Backend, L: AffineBackward<B>> Backward<B, 3> for WithBias<L> {
+    type State = L::State;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let ids = ops.parents.map(|node| node.map(|node| node.id));
+        register_gradients::<B, L>(ops.state, grad, ids, grads);
+    }
+}
+
+impl<B: Backend, L: AffineBackward<B>> Backward<B, 2> for NoBias<L> {
+    type State = L::State;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let [x_id, weight_id] = ops.parents.map(|node| node.map(|node| node.id));
+        register_gradients::<B, L>(ops.state, grad, [x_id, weight_id, None], grads);
+    }
+}
+
+/// Runs `L`'s backward on the output's gradient `grad` and registers each
+/// gradient whose parent asked for one (an input gradient is computed only
+/// when asked; a missing bias has no id).
+fn register_gradients<B: Backend, L: AffineBackward<B>>(
+    state: L::State,
+    grad: FloatTensor<B>,
     ids: [Option<NodeId>; 3],
-    gradients: [Option<FloatTensor<B>>; 3],
+    grads: &mut Gradients,
 ) {
-    for (id, gradient) in ids.into_iter().zip(gradients) {
+    let (dx, dweight, dbias) = L::gradients(state, grad, ids[0].is_some());
+    for (id, gradient) in ids.into_iter().zip([dx, Some(dweight), Some(dbias)]) {
         if let (Some(id), Some(gradient)) = (id, gradient) {
             grads.register::<B>(id, gradient);
         }

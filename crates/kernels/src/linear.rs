@@ -9,15 +9,13 @@
 //! gradient `xᵀ · dY`, the input gradient `dY · Wᵀ` (skipped when the input
 //! needs none, as for a first layer), and the bias gradient a column sum.
 
+use crate::{AffineBackward, NoBias, WithBias};
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, AutodiffBackend, Backend, Dispatch, Flex, backend_extension};
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn_autodiff::NodeId;
-use burn_autodiff::checkpoint::base::Checkpointer;
-use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_autodiff::ops::{Backward, OpsKind};
 use burn_flex::FlexTensor;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -192,48 +190,19 @@ impl LinearKernels for Flex {
 /// What the backward pass keeps of the forward: the input and the weight.
 type Saved<B> = (FloatTensor<B>, FloatTensor<B>);
 
-/// Runs the inner backend's backward on the output's gradient `grad` and
-/// registers the gradients of the parents that asked for one (`bias`
-/// absent for a layer without bias).
-fn register<B: Backend + LinearKernels>(
-    (x, weight): Saved<B>,
-    grad: FloatTensor<B>,
-    [x_id, weight_id, bias_id]: [Option<NodeId>; 3],
-    grads: &mut Gradients,
-) {
-    let (dx, dweight, dbias) = B::linear_all_cores_backward(x, weight, grad, x_id.is_some());
-    crate::register_gradients::<B>(
-        grads,
-        [x_id, weight_id, bias_id],
-        [dx, Some(dweight), Some(dbias)],
-    );
-}
-
-/// The backward pass of a linear layer with bias.
+/// The linear layer's backward: the inner backend's kernel.
 #[derive(Debug)]
-struct LinearWithBias;
+struct Linear;
 
-impl<B: Backend + LinearKernels> Backward<B, 3> for LinearWithBias {
+impl<B: Backend + LinearKernels> AffineBackward<B> for Linear {
     type State = Saved<B>;
 
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<B>(&ops.node);
-        let ids = ops.parents.map(|node| node.map(|node| node.id));
-        register::<B>(ops.state, grad, ids, grads);
-    }
-}
-
-/// The backward pass of a linear layer without bias.
-#[derive(Debug)]
-struct LinearNoBias;
-
-impl<B: Backend + LinearKernels> Backward<B, 2> for LinearNoBias {
-    type State = Saved<B>;
-
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<B>(&ops.node);
-        let [x_id, weight_id] = ops.parents.map(|node| node.map(|node| node.id));
-        register::<B>(ops.state, grad, [x_id, weight_id, None], grads);
+    fn gradients(
+        (x, weight): Saved<B>,
+        grad: FloatTensor<B>,
+        input_grad: bool,
+    ) -> (Option<FloatTensor<B>>, FloatTensor<B>, FloatTensor<B>) {
+        B::linear_all_cores_backward(x, weight, grad, input_grad)
     }
 }
 
@@ -243,7 +212,7 @@ impl<B: Backend + LinearKernels, C: CheckpointStrategy> LinearKernels for Autodi
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        match LinearWithBias
+        match WithBias(Linear)
             .prepare::<C>([x.node(), weight.node(), bias.node()])
             .compute_bound()
             .stateful()
@@ -265,7 +234,7 @@ impl<B: Backend + LinearKernels, C: CheckpointStrategy> LinearKernels for Autodi
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        match LinearNoBias
+        match NoBias(Linear)
             .prepare::<C>([x.node(), weight.node()])
             .compute_bound()
             .stateful()
