@@ -741,12 +741,12 @@ mod tests {
         }
     }
 
-    /// A monitor of every step writing into `dir`.
-    fn monitor_in(dir: &std::path::Path) -> LayerMonitor {
+    /// A monitor with `settings` writing to `path`.
+    fn monitor_with(path: &std::path::Path, settings: MonitorSettings) -> LayerMonitor {
         LayerMonitor::new(
-            MonitorSettings::for_run(100, Some(1), 0, ActivationConfig::Relu),
+            settings,
             Tensor::<4>::zeros([2, 6, 1, 1], &Device::flex()),
-            &dir.join("layers.csv"),
+            path,
             None,
             Progress {
                 to_stderr: true,
@@ -754,6 +754,14 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    /// A monitor of every step of a ReLU network writing into `dir`.
+    fn monitor_in(dir: &std::path::Path) -> LayerMonitor {
+        monitor_with(
+            &dir.join("layers.csv"),
+            MonitorSettings::for_run(100, Some(1), 0, ActivationConfig::Relu),
+        )
     }
 
     fn first_step(lr: f64) -> StepInfo {
@@ -830,17 +838,10 @@ mod tests {
         assert_eq!(relu.warnings().len(), 1, "{:?}", relu.warnings());
         assert!(relu.warnings()[0].contains("75% of the ReLU units of hidden1 are dead"));
 
-        let mut tanh = LayerMonitor::new(
-            MonitorSettings::for_run(100, Some(1), 0, ActivationConfig::Tanh),
-            Tensor::<4>::zeros([2, 6, 1, 1], &Device::flex()),
+        let mut tanh = monitor_with(
             &dir.path().join("tanh.csv"),
-            None,
-            Progress {
-                to_stderr: true,
-                bars: false,
-            },
-        )
-        .unwrap();
+            MonitorSettings::for_run(100, Some(1), 0, ActivationConfig::Tanh),
+        );
         let band = ActivationConfig::Tanh.saturation_band();
         tanh.check_activations(
             &first_step(0.1),
@@ -1044,17 +1045,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let settings = MonitorSettings::for_run(100, Some(1), 10, ActivationConfig::Gelu)
             .with_equilibrium(Some(equilibrium));
-        let mut monitor = LayerMonitor::new(
-            settings.clone(),
-            Tensor::<4>::zeros([2, 6, 1, 1], &Device::flex()),
-            &dir.path().join("layers.csv"),
-            None,
-            Progress {
-                to_stderr: true,
-                bars: false,
-            },
-        )
-        .unwrap();
+        let mut monitor = monitor_with(&dir.path().join("layers.csv"), settings.clone());
         let window = monitor.settings().window;
         let at = |iteration| StepInfo {
             iteration,
@@ -1094,8 +1085,7 @@ mod tests {
         assert!((history.equilibrium[0].1 - equilibrium.ratio(lr)).abs() < 1e-7);
 
         // Far from the equilibrium (ten times above it): no note.
-        let mut hot = monitor_in(dir.path());
-        hot.settings = settings.clone();
+        let mut hot = monitor_with(&dir.path().join("hot.csv"), settings.clone());
         hot.last_ratios = recipe(0.5);
         for i in 10..10 + 2 * window {
             hot.judge_equilibrium(&at(i), false);
@@ -1118,8 +1108,7 @@ mod tests {
         );
 
         // With it, a hot output layer alone is one layer's reading: no warning.
-        let mut output = monitor_in(dir.path());
-        output.settings = settings;
+        let mut output = monitor_with(&dir.path().join("output.csv"), settings);
         output.last_ratios = recipe(4.4e-2);
         output.last_ratios[6].ratio = 3e-2;
         for i in 10..10 + 2 * window {
