@@ -466,7 +466,9 @@ pub fn update_ratio_chart(path: &Path, history: &RatioHistory) -> Result<()> {
                 .label("equilibrium of weights feeding batch norm")
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey));
         }
-        legend(&mut chart, SeriesLabelPosition::UpperRight)?;
+        // Warmup rises at the left and the decay falls at the right; the
+        // bottom middle is where the curves are least likely to be.
+        legend(&mut chart, SeriesLabelPosition::LowerMiddle)?;
         Ok(())
     })
 }
