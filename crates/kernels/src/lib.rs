@@ -29,6 +29,44 @@ fn on_flex(device: &Device) -> bool {
     *device == Device::flex() || *device == Device::flex().autodiff()
 }
 
+/// Values summed side by side in [`lane_sums`]: four vectors of SSE, one of
+/// AVX-512.
+const LANES: usize = 16;
+
+/// `(Σ f(a[i], b[i]).0, Σ f(a[i], b[i]).1)` over two slices of the same
+/// length, in [`LANES`] partial sums per total that the compiler keeps in
+/// vector registers. A plain `iter().sum()` adds one value at a time, each
+/// addition waiting for the previous one, because float addition is not
+/// associative and the compiler may not reorder it; the partial sums
+/// reorder it on purpose (the earlier kernel summed that way, or in f64,
+/// and its passes took 2-4 times as long).
+#[inline(always)]
+fn lane_sums(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f32, f32) {
+    assert_eq!(a.len(), b.len(), "summed slices' lengths");
+    let (mut first, mut second) = ([0f32; LANES], [0f32; LANES]);
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (a_rest, b_rest) = (a_chunks.remainder(), b_chunks.remainder());
+    for (a, b) in a_chunks.zip(b_chunks) {
+        for l in 0..LANES {
+            let (u, v) = f(a[l], b[l]);
+            first[l] += u;
+            second[l] += v;
+        }
+    }
+    for (l, (&a, &b)) in a_rest.iter().zip(b_rest).enumerate() {
+        let (u, v) = f(a, b);
+        first[l] += u;
+        second[l] += v;
+    }
+    (first.iter().sum(), second.iter().sum())
+}
+
+/// `Σ a[i]` in [`LANES`] partial sums (see [`lane_sums`]).
+#[inline(always)]
+fn lane_sum(a: &[f32]) -> f32 {
+    lane_sums(a, a, |v, _| (v, 0.0)).0
+}
+
 /// A layer whose backward pass yields its input, weight and bias gradients
 /// from what it saved of the forward pass: the convolution and the linear
 /// layer. [`WithBias`] and [`NoBias`] turn one into Burn's `Backward` for

@@ -14,6 +14,8 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+use crate::{lane_sum, lane_sums};
+
 /// Batch normalization with batch statistics, as a backend extension.
 #[backend_extension(Flex, Autodiff)]
 pub trait NormKernels: Backend {
@@ -85,38 +87,6 @@ fn values(t: &FlexTensor) -> Vec<f32> {
     t.to_contiguous().storage::<f32>().to_vec()
 }
 
-/// Values summed side by side in [`lane_sums`]: four vectors of SSE, one of
-/// AVX-512.
-const LANES: usize = 16;
-
-/// `(Σ f(a[i], b[i]).0, Σ f(a[i], b[i]).1)` over two slices of the same
-/// length, in [`LANES`] partial sums per total that the compiler keeps in
-/// vector registers. A plain `iter().sum()` adds one value at a time, each
-/// addition waiting for the previous one, because float addition is not
-/// associative and the compiler may not reorder it; the partial sums
-/// reorder it on purpose (the earlier kernel summed that way, or in f64,
-/// and its passes took 2-4 times as long).
-#[inline(always)]
-fn lane_sums(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f32, f32) {
-    assert_eq!(a.len(), b.len(), "summed slices' lengths");
-    let (mut first, mut second) = ([0f32; LANES], [0f32; LANES]);
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (a_rest, b_rest) = (a_chunks.remainder(), b_chunks.remainder());
-    for (a, b) in a_chunks.zip(b_chunks) {
-        for l in 0..LANES {
-            let (u, v) = f(a[l], b[l]);
-            first[l] += u;
-            second[l] += v;
-        }
-    }
-    for (l, (&a, &b)) in a_rest.iter().zip(b_rest).enumerate() {
-        let (u, v) = f(a, b);
-        first[l] += u;
-        second[l] += v;
-    }
-    (first.iter().sum(), second.iter().sum())
-}
-
 /// Per-channel sums over `[N, C, plane]` data: `f(channel, plane)` for each
 /// of the channel's `N` planes, added in f64 (one plane's sum is in f32).
 fn channel_sums(
@@ -155,7 +125,7 @@ impl NormKernels for Flex {
         let m = (n * plane) as f64;
         let data: &[f32] = x.storage();
         let (gamma, beta) = (values(&gamma), values(&beta));
-        let mean: Vec<f64> = channel_sums(data, c, plane, |_, p| lane_sums(p, p, |v, _| (v, 0.0)))
+        let mean: Vec<f64> = channel_sums(data, c, plane, |_, p| (lane_sum(p), 0.0))
             .into_iter()
             .map(|s| s.0 / m)
             .collect();
