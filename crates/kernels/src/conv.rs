@@ -476,6 +476,42 @@ fn forward(
     tensor(out, &[g.batch, co, g.out_height, g.out_width])
 }
 
+/// The input gradient of a same-size convolution
+/// ([`Geometry::same_size`]), as one more same-size convolution: of the
+/// output gradient by the weights with input and output channels swapped
+/// and the kernel turned by 180 degrees, padded on the opposite sides
+/// (`dX[c, y, x] = Σ W[o, c, i, j] · dY[o, y - i + top, x - j + left]`).
+/// Against `Wᵀ · dY` folded back (col2im), its product sums `CO·KH·KW`
+/// terms per value instead of `CO`, and writes the `C·H·W` values of the
+/// gradient instead of `KH·KW` times as many for the fold to add up.
+fn same_size_input_gradient(
+    grad: &FlexTensor,
+    weight: &[f32],
+    g: &Geometry,
+    options: &ConvOptions<2>,
+) -> FlexTensor {
+    let ([kh, kw], c, co) = (g.kernel, g.channels, g.out_channels);
+    let mut turned = vec![0f32; c * co * kh * kw];
+    for o in 0..co {
+        for i in 0..c {
+            for y in 0..kh {
+                for x in 0..kw {
+                    turned[((i * co + o) * kh + kh - 1 - y) * kw + kw - 1 - x] =
+                        weight[((o * c + i) * kh + y) * kw + x];
+                }
+            }
+        }
+    }
+    let [(top, bottom), (left, right)] = options.padding;
+    let options = ConvOptions::new_with_padding([1, 1], [(bottom, top), (right, left)], [1, 1], 1);
+    forward(
+        grad.clone(),
+        tensor(turned, &[c, co, kh, kw]),
+        None,
+        &options,
+    )
+}
+
 /// Per-task sums of the weight and bias gradients, with the task's buffers.
 struct Partial {
     weight: Vec<f32>,
@@ -499,6 +535,11 @@ fn backward(
     );
     let g = Geometry::new(x.layout().shape(), weight.layout().shape(), options);
     let (xs, ws, dy): (&[f32], &[f32], &[f32]) = (x.storage(), weight.storage(), grad.storage());
+    // A same-size convolution's input gradient is a convolution of its own;
+    // the pass below then computes the weight and bias gradients only.
+    let same_size_dx =
+        (input_grad && g.same_size()).then(|| same_size_input_gradient(&grad, ws, &g, options));
+    let input_grad = input_grad && same_size_dx.is_none();
     let (co, k, p) = (g.out_channels, g.patch(), g.positions());
     let w = row_major(ws, co, k);
     let par = g.product_parallelism();
@@ -593,7 +634,8 @@ fn backward(
                 (w1, b1)
             },
         );
-    let dx = input_grad.then(|| tensor(dx, &[g.batch, g.channels, g.height, g.width]));
+    let dx = same_size_dx
+        .or_else(|| input_grad.then(|| tensor(dx, &[g.batch, g.channels, g.height, g.width])));
     let shape = weight.layout().shape().clone();
     (
         dx,
