@@ -304,9 +304,12 @@ impl Geometry {
         if lo == 0 && hi == self.out_width {
             return;
         }
-        for row in plane.chunks_exact_mut(self.out_width) {
-            row[..lo].fill(0.0);
-            row[hi..].fill(0.0);
+        // Column by column: a row's one or two padding values as a `fill`
+        // became a `memset` call each, 5% of the default CNN's step.
+        for column in (0..lo).chain(hi..self.out_width) {
+            for v in plane[column..].iter_mut().step_by(self.out_width) {
+                *v = 0.0;
+            }
         }
     }
 
