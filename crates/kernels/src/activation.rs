@@ -189,10 +189,25 @@ fn values(x: &FlexTensor) -> &[f32] {
     &x.storage()[start..start + n]
 }
 
+/// `x` laid out contiguously from the start of its buffer, without a second
+/// handle on that buffer. flex's `to_contiguous` takes `&self` and returns a
+/// clone when the layout is already contiguous, so `let x =
+/// x.to_contiguous()` keeps the shadowed original alive: the buffer then
+/// looks shared, and every activation copied its operand before the
+/// in-place pass (about 3% of the default CNN's training step).
+fn contiguous(x: FlexTensor) -> FlexTensor {
+    let whole = x.storage::<f32>().len() == x.layout().num_elements();
+    if x.is_contiguous() && x.layout().start_offset() == 0 && whole {
+        x
+    } else {
+        x.to_contiguous()
+    }
+}
+
 /// `f(y[i], x[i])` for every value, written into `y`'s buffer when `y` owns
 /// it (a fresh buffer otherwise).
 fn zip_into_second(x: FlexTensor, y: FlexTensor, f: impl Pointwise) -> FlexTensor {
-    let (x, mut y) = (x.to_contiguous(), y.to_contiguous());
+    let (x, mut y) = (contiguous(x), contiguous(y));
     let n = x.layout().num_elements();
     assert_eq!(y.layout().num_elements(), n, "elementwise operands' sizes");
     if y.is_unique() && y.layout().start_offset() == 0 {
@@ -207,7 +222,7 @@ fn zip_into_second(x: FlexTensor, y: FlexTensor, f: impl Pointwise) -> FlexTenso
 
 /// `f` applied to every value of `x`, in place when `x` owns its buffer.
 fn map(x: FlexTensor, f: impl Pointwise) -> FlexTensor {
-    let mut x = x.to_contiguous();
+    let mut x = contiguous(x);
     let n = x.layout().num_elements();
     if x.is_unique() && x.layout().start_offset() == 0 {
         let xs: &mut [f32] = x.storage_mut();
@@ -404,6 +419,29 @@ impl<B: Backend + ActivationKernels, C: CheckpointStrategy> ActivationKernels fo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_buffer_the_tensor_owns_is_updated_in_place_and_a_shared_one_is_not() {
+        let x = FlexTensor::from_data(TensorData::new(vec![-1.0f32, 2.0, -3.0, 4.0], [2, 2]));
+        let buffer = x.storage::<f32>().as_ptr();
+        let y = map(x, Relu);
+        assert_eq!(y.storage::<f32>(), &[0.0, 2.0, 0.0, 4.0]);
+        assert_eq!(
+            y.storage::<f32>().as_ptr(),
+            buffer,
+            "ReLU copied an owned buffer"
+        );
+
+        let grad = FlexTensor::from_data(TensorData::new(vec![5.0f32, 6.0, 7.0, 8.0], [2, 2]));
+        let kept = grad.clone();
+        let dx = zip_into_second(y, grad, ReluBackward);
+        assert_eq!(dx.storage::<f32>(), &[0.0, 6.0, 0.0, 8.0]);
+        assert_eq!(
+            kept.storage::<f32>(),
+            &[5.0, 6.0, 7.0, 8.0],
+            "a shared buffer changed"
+        );
+    }
 
     /// Largest difference between `a` and `b`, relative to `b`'s largest
     /// value when that is above 1, absolute otherwise. Burn's GELU,
