@@ -3,8 +3,10 @@
 //!
 //! Each image's patches are unfolded once per pass into a `[C·kh·kw, OH·OW]`
 //! matrix (im2col; images with small maps side by side in one matrix); the
-//! output is `W · cols`, the weight gradient `Σ dY · colsᵀ`, the input
-//! gradient `Wᵀ · dY` folded back (col2im). The products run in faer, which
+//! output is `W · cols`, the weight gradient `Σ dY · colsᵀ`. The input
+//! gradient of a "same" convolution (stride 1, output as large as the input)
+//! is itself such a convolution, of `dY` by the turned weights; for other
+//! geometries it is `Wᵀ · dY` folded back (col2im). The products run in faer, which
 //! picks AVX-512 kernels at run time; images spread over the cores, each
 //! product on one. burn-flex has no backward of
 //! its own: its weight gradient runs as a convolution over swapped tensors
