@@ -194,18 +194,6 @@ impl Geometry {
         }
     }
 
-    /// Adds the unfolded gradient in the first `OH·OW` columns of `cols`
-    /// (`[C·KH·KW, stride]`) back onto the image gradient `image` (the
-    /// adjoint of [`unfold`](Self::unfold)). `cols` is scratch: its values
-    /// at padding positions may be overwritten.
-    fn fold(&self, cols: &mut [f32], image: &mut [f32], stride: usize) {
-        if self.same_size() {
-            self.fold_planes(cols, image, stride);
-        } else {
-            self.fold_rows(cols, image, stride);
-        }
-    }
-
     /// [`unfold`](Self::unfold) one output row at a time: any geometry.
     fn unfold_rows(&self, image: &[f32], cols: &mut [f32], stride: usize) {
         let (ow, sw, pad) = (self.out_width, self.stride[1], self.pad[1]);
@@ -233,8 +221,12 @@ impl Geometry {
         });
     }
 
-    /// [`fold`](Self::fold) one output row at a time: any geometry.
-    fn fold_rows(&self, cols: &[f32], image: &mut [f32], stride: usize) {
+    /// Adds the unfolded gradient in the first `OH·OW` columns of `cols`
+    /// (`[C·KH·KW, stride]`) back onto the image gradient `image` (the
+    /// adjoint of [`unfold`](Self::unfold)). Same-size convolutions take
+    /// their input gradient as a convolution instead
+    /// ([`same_size_input_gradient`]), so this runs only for the others.
+    fn fold(&self, cols: &[f32], image: &mut [f32], stride: usize) {
         let (ow, sw, pad) = (self.out_width, self.stride[1], self.pad[1]);
         self.for_each_row(stride, |at, source, j| {
             let Some(source) = source else { return };
@@ -263,10 +255,9 @@ impl Geometry {
     /// `(i - pad_top)·W + j - pad_left` values, so a plane of the unfolded
     /// matrix is the image plane shifted, except in the columns that the
     /// shift wraps across a row edge. [`unfold_planes`](Self::unfold_planes)
-    /// and [`fold_planes`](Self::fold_planes) copy or add the plane in one
-    /// pass and fix those columns, where the row-by-row loops work on rows
-    /// of 8-32 values, too short to run in vector registers (the
-    /// row-by-row fold took 8% of the default CNN's training step).
+    /// copies the plane in one pass and zeroes those columns, where the
+    /// row-by-row loop works on rows of 8-32 values, too short to run in
+    /// vector registers.
     fn same_size(&self) -> bool {
         self.stride == [1, 1] && self.out_height == self.height && self.out_width == self.width
     }
@@ -329,23 +320,6 @@ impl Geometry {
             out[hi..].fill(0.0);
             out[lo..hi].copy_from_slice(&source[from..from + (hi - lo)]);
             self.zero_outside_columns(out, j);
-        });
-    }
-
-    /// [`fold`](Self::fold) one plane at a time (same-size case): zeroes the
-    /// values that belong to padding, then adds the plane in one pass.
-    fn fold_planes(&self, cols: &mut [f32], image: &mut [f32], stride: usize) {
-        let plane = self.height * self.width;
-        self.for_each_plane(stride, |at, c, shift, j| {
-            let Some((lo, hi, to)) = Self::shifted_range(plane, shift) else {
-                return;
-            };
-            let from = &mut cols[at..at + plane];
-            self.zero_outside_columns(from, j);
-            let target = &mut image[c * plane..][to..to + (hi - lo)];
-            for (t, &g) in target.iter_mut().zip(&from[lo..hi]) {
-                *t += g;
-            }
         });
     }
 
@@ -624,7 +598,7 @@ fn backward(
                 );
                 if own_cols {
                     for (i, image_grad) in images_grad.chunks_exact_mut(g.image()).enumerate() {
-                        g.fold(&mut acc.cols_grad[i * p..], image_grad, width);
+                        g.fold(&acc.cols_grad[i * p..], image_grad, width);
                     }
                 }
             }
@@ -880,7 +854,7 @@ mod tests {
     }
 
     #[test]
-    fn same_size_planes_unfold_and_fold_as_the_row_by_row_loops() {
+    fn same_size_planes_unfold_as_the_row_by_row_loop() {
         // Kernel, padding (top, bottom), (left, right) and input size; every
         // case keeps the output the size of the input.
         let cases = [
@@ -906,14 +880,6 @@ mod tests {
             g.unfold_planes(&image, &mut planes[g.positions()..], stride);
             g.unfold_rows(&image, &mut rows[g.positions()..], stride);
             assert_eq!(planes, rows, "unfold, {g:?}");
-
-            let cols: Vec<f32> = (0..g.patch() * stride)
-                .map(|v| (v % 13) as f32 - 6.0)
-                .collect();
-            let (mut by_planes, mut by_rows) = (vec![0.5f32; g.image()], vec![0.5f32; g.image()]);
-            g.fold_planes(&mut cols.clone()[g.positions()..], &mut by_planes, stride);
-            g.fold_rows(&cols[g.positions()..], &mut by_rows, stride);
-            assert_eq!(by_planes, by_rows, "fold, {g:?}");
         }
         Device::flex().autodiff().seed(7);
         check([2, 3, 2, 3], 4, [3, 3], options(1, 1), true);
