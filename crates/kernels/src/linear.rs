@@ -8,6 +8,9 @@
 //! `x · W` (bias rows written first, the product added to them), the weight
 //! gradient `xᵀ · dY`, the input gradient `dY · Wᵀ` (skipped when the input
 //! needs none, as for a first layer), and the bias gradient a column sum.
+//! Output columns past a multiple of 16 (the last 4 of a 100-wide layer)
+//! leave faer's products for dot products and batch sums that read the input
+//! once (see [`tiled_columns`]).
 
 use crate::{AffineBackward, NoBias, WithBias};
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -19,6 +22,7 @@ use burn_autodiff::ops::{Backward, OpsKind};
 use burn_flex::FlexTensor;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
 
 /// A linear layer's products, as a backend extension.
 #[backend_extension(Flex, Autodiff)]
@@ -101,15 +105,32 @@ fn forward(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>) -> FlexT
         }
         None => Accum::Replace,
     };
+    let (x_values, w_values): (&[f32], &[f32]) = (x.storage(), weight.storage());
+    let tiled = tiled_columns(o);
     matmul(
-        MatMut::from_row_major_slice_mut(&mut out, n, o),
+        MatMut::from_row_major_slice_mut(&mut out, n, o).subcols_mut(0, tiled),
         accum,
         row_major(&x, n, i),
-        row_major(&weight, i, o),
+        row_major(&weight, i, o).subcols(0, tiled),
         1.0,
         all_cores(),
     );
+    if tiled < o {
+        remaining_output(x_values, w_values, &mut out, (i, o), tiled);
+    }
     tensor(out, &[n, o])
+}
+
+/// How many of a product's `cols` output columns go to faer: a multiple of
+/// 16, the width of its narrowest tile, when there are more than 16.
+///
+/// faer computes a row-major output transposed, its columns as the rows of
+/// its tiles (96 at a time, then 16 to 80). A layer with 100 outputs left a
+/// tile of 16 rows with 4 in use, which took a quarter of the two-layer
+/// net's step; the last `cols % 16` columns are cheaper as dot products and
+/// sums over the batch, reading the input once.
+fn tiled_columns(cols: usize) -> usize {
+    if cols > 16 { cols - cols % 16 } else { cols }
 }
 
 fn backward(
@@ -128,14 +149,18 @@ fn backward(
     let dy = row_major(&grad, n, o);
     // dW = xᵀ · dY
     let mut dw = vec![0f32; i * o];
+    let tiled = tiled_columns(o);
     matmul(
-        MatMut::from_row_major_slice_mut(&mut dw, i, o),
+        MatMut::from_row_major_slice_mut(&mut dw, i, o).subcols_mut(0, tiled),
         Accum::Replace,
         row_major(&x, n, i).transpose(),
-        dy,
+        dy.subcols(0, tiled),
         1.0,
         all_cores(),
     );
+    if tiled < o {
+        remaining_weight_gradient(x.storage(), grad.storage(), &mut dw, (n, i, o), tiled);
+    }
     // db = Σ over the batch of dY's rows
     let mut db = vec![0f32; o];
     for row in grad.storage::<f32>().chunks_exact(o) {
@@ -155,6 +180,137 @@ fn backward(
         tensor(dx, &[n, i])
     });
     (dx, tensor(dw, &[i, o]), tensor(db, &[o]))
+}
+
+/// `out[:, tiled..] += x · W[:, tiled..]`, the output columns that
+/// [`tiled_columns`] leaves out, as dot products of each row of `x` with
+/// those columns of `W` (copied out as rows).
+fn remaining_output(x: &[f32], w: &[f32], out: &mut [f32], (i, o): (usize, usize), tiled: usize) {
+    struct Rows<'a> {
+        x: &'a [f32],
+        columns: &'a [f32],
+        out: &'a mut [f32],
+        i: usize,
+        o: usize,
+        tiled: usize,
+    }
+    impl pulp::WithSimd for Rows<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) {
+            for (out_row, x_row) in self
+                .out
+                .chunks_exact_mut(self.o)
+                .zip(self.x.chunks_exact(self.i))
+            {
+                for (value, column) in out_row[self.tiled..]
+                    .iter_mut()
+                    .zip(self.columns.chunks_exact(self.i))
+                {
+                    *value += dot(x_row, column);
+                }
+            }
+        }
+    }
+    let mut columns = Vec::with_capacity((o - tiled) * i);
+    for c in tiled..o {
+        columns.extend(w[c..].iter().step_by(o));
+    }
+    const ROWS: usize = 16;
+    let arch = pulp::Arch::new();
+    out.par_chunks_mut(ROWS * o)
+        .zip(x.par_chunks(ROWS * i))
+        .for_each(|(out, x)| {
+            arch.dispatch(Rows {
+                x,
+                columns: &columns,
+                out,
+                i,
+                o,
+                tiled,
+            });
+        });
+}
+
+/// `Σ a[k] · b[k]` in 16 partial sums, which the compiler keeps in vector
+/// registers (see [`crate::lane_sums`]).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut sums = [0f32; 16];
+    let (a_chunks, b_chunks) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (a, b) in a_chunks.zip(b_chunks) {
+        for l in 0..16 {
+            sums[l] += a[l] * b[l];
+        }
+    }
+    sums.iter().sum::<f32>() + tail
+}
+
+/// `dW[:, tiled..] = xᵀ · dY[:, tiled..]`, the weight gradient's columns that
+/// [`tiled_columns`] leaves out, as sums over the batch of `dY[b, c] · x[b]`:
+/// each task takes a range of inputs and keeps one row of sums per column.
+fn remaining_weight_gradient(
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    (n, i, o): (usize, usize, usize),
+    tiled: usize,
+) {
+    struct Inputs<'a> {
+        x: &'a [f32],
+        dy: &'a [f32],
+        sums: &'a mut [f32],
+        first: usize,
+        width: usize,
+        shape: (usize, usize, usize),
+        tiled: usize,
+    }
+    impl pulp::WithSimd for Inputs<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) {
+            let (n, i, o) = self.shape;
+            for (x_row, dy_row) in self.x.chunks_exact(i).zip(self.dy.chunks_exact(o)).take(n) {
+                let x_part = &x_row[self.first..self.first + self.width];
+                for (row, &g) in self
+                    .sums
+                    .chunks_exact_mut(self.width)
+                    .zip(&dy_row[self.tiled..])
+                {
+                    row.iter_mut().zip(x_part).for_each(|(s, &v)| *s += g * v);
+                }
+            }
+        }
+    }
+    const INPUTS: usize = 256;
+    let arch = pulp::Arch::new();
+    dw.par_chunks_mut(INPUTS * o)
+        .enumerate()
+        .for_each(|(chunk, dw_rows)| {
+            let first = chunk * INPUTS;
+            let width = dw_rows.len() / o;
+            let mut sums = vec![0f32; (o - tiled) * width];
+            arch.dispatch(Inputs {
+                x,
+                dy,
+                sums: &mut sums,
+                first,
+                width,
+                shape: (n, i, o),
+                tiled,
+            });
+            for (c, row) in sums.chunks_exact(width).enumerate() {
+                for (k, &value) in row.iter().enumerate() {
+                    dw_rows[k * o + tiled + c] = value;
+                }
+            }
+        });
 }
 
 impl LinearKernels for Flex {
@@ -352,6 +508,10 @@ mod tests {
         // The two-layer net's shapes, odd sizes, a batch of one, no bias.
         check(&device, 256, 3072, 100, true, false);
         check(&device, 256, 100, 10, true, true);
+        // Outputs past a multiple of 16, left to the dot products and sums
+        // (1 and 15 columns of them, across several tasks' ranges).
+        check(&device, 37, 600, 33, true, true);
+        check(&device, 3, 17, 47, false, true);
         check(&device, 7, 13, 5, true, true);
         check(&device, 1, 9, 3, true, true);
         check(&device, 5, 11, 4, false, true);
