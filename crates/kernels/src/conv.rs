@@ -395,7 +395,7 @@ fn forward(
     // One image alone is written straight into the output; a group's
     // product `[CO, n·OH·OW]` is written out image by image.
     let (own_cols, own_product) = (group > 1 || !g.pointwise(), group > 1);
-    let mut out = vec![0f32; g.batch * co * p];
+    let mut out = crate::zeros(g.batch * co * p);
     out.par_chunks_mut(group * co * p)
         .zip(xs.par_chunks(group * g.image()))
         .with_min_len(g.images_per_task().div_ceil(group))
@@ -530,7 +530,7 @@ fn backward(
     // Without an input gradient, a one-value stand-in per image keeps the
     // iteration the same.
     let image_len = if input_grad { g.image() } else { 1 };
-    let mut dx = vec![0f32; g.batch * image_len];
+    let mut dx = crate::zeros(g.batch * image_len);
     let len = |own| if own { group * p } else { 0 };
     let init = || Partial {
         weight: vec![0f32; co * k],

@@ -93,7 +93,7 @@ fn forward(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>) -> FlexT
     let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
     let (n, i) = (x.layout().shape()[0], x.layout().shape()[1]);
     let o = weight.layout().shape()[1];
-    let mut out = vec![0f32; n * o];
+    let mut out = crate::zeros(n * o);
     let accum = match bias {
         Some(bias) => {
             let bias = bias.to_contiguous();
@@ -148,7 +148,7 @@ fn backward(
     let o = weight.layout().shape()[1];
     let dy = row_major(&grad, n, o);
     // dW = xᵀ · dY
-    let mut dw = vec![0f32; i * o];
+    let mut dw = crate::zeros(i * o);
     let tiled = tiled_columns(o);
     matmul(
         MatMut::from_row_major_slice_mut(&mut dw, i, o).subcols_mut(0, tiled),
@@ -168,7 +168,7 @@ fn backward(
     }
     // dx = dY · Wᵀ
     let dx = input_grad.then(|| {
-        let mut dx = vec![0f32; n * i];
+        let mut dx = crate::zeros(n * i);
         matmul(
             MatMut::from_row_major_slice_mut(&mut dx, n, i),
             Accum::Replace,

@@ -145,7 +145,7 @@ impl NormKernels for Flex {
         let shift: Vec<f32> = (0..c)
             .map(|ch| (beta[ch] as f64 - mean[ch] * scale[ch] as f64) as f32)
             .collect();
-        let mut out = vec![0f32; data.len()];
+        let mut out = crate::zeros(data.len());
         out.par_chunks_mut(plane)
             .zip(data.par_chunks(plane))
             .enumerate()
@@ -196,7 +196,7 @@ impl NormKernels for Flex {
             .collect();
         // dx = γ/σ (dy - Σdy/M - x̂ Σ(dy x̂)/M), per channel an affine
         // function of dy and x: dx = a dy - b x + t.
-        let mut dx = vec![0f32; xs.len()];
+        let mut dx = crate::zeros(xs.len());
         dx.par_chunks_mut(plane)
             .zip(xs.par_chunks(plane).zip(dy.par_chunks(plane)))
             .enumerate()

@@ -51,9 +51,9 @@ fn pool(x: FlexTensor, with_indices: bool) -> (FlexTensor, Option<FlexTensor>) {
     let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
     let (oh, ow) = (h / 2, w / 2);
     let src: &[f32] = x.storage();
-    let mut out = vec![0f32; n * c * oh * ow];
+    let mut out = crate::zeros(n * c * oh * ow);
     let mut idx = if with_indices {
-        vec![0i64; n * c * oh * ow]
+        crate::zeros::<i64>(n * c * oh * ow)
     } else {
         Vec::new()
     };
