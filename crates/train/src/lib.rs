@@ -10,6 +10,8 @@
 //! - [`charts`] and [`report`]: the PNG charts and the run's `report.html`.
 //! - [`search`]: random hyperparameter search (its space and pruning rules).
 //! - [`images`]: reading a user's PNG or JPEG safely for `train predict`.
+//! - [`fused_sgd`]: SGD with momentum, each parameter's step one fused
+//!   pass on flex (the optimizer of the SGD family's momentum settings).
 //! - [`lookahead`]: the slow average of the weights that training is
 //!   pulled back to every few steps (the fast recipe's).
 //! - [`allocator`]: the memory allocator's setting for training.
@@ -31,6 +33,7 @@ pub mod dataset;
 pub mod diagnostics;
 pub mod evaluate;
 pub mod fit;
+pub mod fused_sgd;
 pub mod images;
 pub mod lookahead;
 pub mod monitor;

@@ -16,7 +16,7 @@ use burn::module::{ModuleVisitor, Param, ParamId};
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::{
     AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, RmsPropConfig, SgdConfig,
-    decay::WeightDecayConfig, momentum::MomentumConfig,
+    decay::WeightDecayConfig,
 };
 use burn::prelude::*;
 use cifar_data::{CifarBatch, Features, PatchWhitening};
@@ -24,6 +24,7 @@ use cifar_models::Model;
 use serde::Serialize;
 
 use crate::config::{OptimizerKind, TrainConfig};
+use crate::fused_sgd::FusedSgd;
 use crate::lookahead::Lookahead;
 
 /// `model` with the layers whose weights come from data statistics rather
@@ -130,22 +131,14 @@ pub enum StepOutcome {
 pub fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
     let decay =
         (config.weight_decay > 0.0).then(|| WeightDecayConfig::new(config.weight_decay as f32));
-    let momentum = |nesterov| {
-        MomentumConfig::new()
-            .with_momentum(config.momentum)
-            .with_dampening(0.0)
-            .with_nesterov(nesterov)
-    };
     match config.optimizer {
         OptimizerKind::Sgd => SgdConfig::new().with_weight_decay(decay).init(),
-        OptimizerKind::Momentum => SgdConfig::new()
-            .with_weight_decay(decay)
-            .with_momentum(Some(momentum(false)))
-            .init(),
-        OptimizerKind::Nesterov => SgdConfig::new()
-            .with_weight_decay(decay)
-            .with_momentum(Some(momentum(true)))
-            .init(),
+        OptimizerKind::Momentum | OptimizerKind::Nesterov => FusedSgd {
+            momentum: config.momentum,
+            weight_decay: config.weight_decay,
+            nesterov: config.optimizer == OptimizerKind::Nesterov,
+        }
+        .init(),
         OptimizerKind::Adam => AdamConfig::new()
             .with_beta_1(config.momentum as f32)
             .with_epsilon(1e-8)
