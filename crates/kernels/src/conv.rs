@@ -1,5 +1,6 @@
 //! 2-D convolution as one matrix product per image (or per few images, for
-//! small maps), forward and backward.
+//! small maps), forward and backward; 3x3 "same" convolutions over maps 16
+//! or more wide as nine shifted products instead (see [`shifted_forward`]).
 //!
 //! Each image's patches are unfolded once per pass into a `[C·kh·kw, OH·OW]`
 //! matrix (im2col; images with small maps side by side in one matrix); the
@@ -333,6 +334,17 @@ impl Geometry {
         }
     }
 
+    /// Whether this convolution runs as nine shifted products
+    /// ([`shifted_forward`]): 3x3, stride 1, padding 1 all round, at least
+    /// 16 channels in and columns 16 wide.
+    fn shifted(&self) -> bool {
+        self.kernel == [3, 3]
+            && self.pad == [1, 1]
+            && self.same_size()
+            && self.channels >= 16
+            && self.width >= 16
+    }
+
     /// Images per parallel task, so that each core gets a few tasks.
     fn images_per_task(&self) -> usize {
         (self.batch / (4 * rayon::current_num_threads())).max(1)
@@ -389,6 +401,10 @@ fn forward(
     let (xs, ws): (&[f32], &[f32]) = (x.storage(), weight.storage());
     let bias = bias.map(|b| b.to_contiguous().storage::<f32>().to_vec());
     let (co, k, p) = (g.out_channels, g.patch(), g.positions());
+    if g.shifted() {
+        let out = shifted_forward(xs, ws, bias.as_deref(), &g);
+        return tensor(out, &[g.batch, co, g.out_height, g.out_width]);
+    }
     let w = row_major(ws, co, k);
     let par = g.product_parallelism();
     let group = g.images_per_product();
@@ -453,6 +469,155 @@ fn forward(
             },
         );
     tensor(out, &[g.batch, co, g.out_height, g.out_width])
+}
+
+/// A 3x3 "same" convolution ([`Geometry::shifted`]) as nine products, one
+/// per kernel offset `(i, j)`, without unfolding: `Y += W[:, :, i, j] · X_ij`,
+/// where `X_ij` is the zero-padded image read from offset `i·(W+2) + j`, a
+/// `[C, H·(W+2)]` view with one padded plane between rows. The output is
+/// computed on rows of `W + 2` (the last two values of each row are
+/// wrap-around, dropped when copied out).
+///
+/// im2col writes nine copies of the input for one product of depth `9C`;
+/// here the input is copied once (padded) and faer packs what each product
+/// reads in cache-sized blocks. Measured (BENCHMARKS.md, "Seventh round"),
+/// it pays from rows of 16 and 16 input channels on; smaller maps waste
+/// more of their wider rows, and fewer channels make shallow products.
+fn shifted_forward(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
+    let (c, co, h, w) = (g.channels, g.out_channels, g.height, g.width);
+    let (hp, wp) = (h + 2, w + 2);
+    let pp = hp * wp;
+    let wide = h * wp;
+    let mut per_offset = vec![0f32; 9 * co * c];
+    for o in 0..co {
+        for ci in 0..c {
+            for t in 0..9 {
+                per_offset[(t * co + o) * c + ci] = ws[(o * c + ci) * 9 + t];
+            }
+        }
+    }
+    let mut out = crate::zeros(g.batch * co * h * w);
+    out.par_chunks_mut(co * h * w)
+        .zip(xs.par_chunks(c * h * w))
+        .for_each_init(
+            || (vec![0f32; c * pp + 2], vec![0f32; co * wide]),
+            |(padded, wide_out), (out, image)| {
+                pad_image(image, g, padded);
+                if let Some(b) = bias {
+                    for (row, &bv) in wide_out.chunks_exact_mut(wide).zip(b) {
+                        row.fill(bv);
+                    }
+                }
+                for t in 0..9 {
+                    let off = (t / 3) * wp + t % 3;
+                    let accum = if t == 0 && bias.is_none() {
+                        Accum::Replace
+                    } else {
+                        Accum::Add
+                    };
+                    matmul(
+                        row_major_mut(wide_out, co, wide),
+                        accum,
+                        row_major(&per_offset[t * co * c..(t + 1) * co * c], co, c),
+                        MatRef::from_row_major_slice_with_stride(&padded[off..], c, wide, pp),
+                        1.0,
+                        Par::Seq,
+                    );
+                }
+                for (plane, wide_plane) in
+                    out.chunks_exact_mut(h * w).zip(wide_out.chunks_exact(wide))
+                {
+                    for (row, wide_row) in
+                        plane.chunks_exact_mut(w).zip(wide_plane.chunks_exact(wp))
+                    {
+                        row.copy_from_slice(&wide_row[..w]);
+                    }
+                }
+            },
+        );
+    out
+}
+
+/// The images of `xs` (`[N, C, H, W]`) padded by one zero all round, each
+/// channel a `(H + 2) x (W + 2)` plane, into `padded` (which ends with two
+/// more zeros; its padding is never written, so it stays zero).
+fn pad_image(image: &[f32], g: &Geometry, padded: &mut [f32]) {
+    let (h, w, wp) = (g.height, g.width, g.width + 2);
+    let pp = (h + 2) * wp;
+    for (ci, plane) in image.chunks_exact(h * w).enumerate() {
+        let dst = &mut padded[ci * pp..(ci + 1) * pp];
+        for (y, row) in plane.chunks_exact(w).enumerate() {
+            dst[(y + 1) * wp + 1..][..w].copy_from_slice(row);
+        }
+    }
+}
+
+/// The weight and bias gradients of a [`shifted_forward`] convolution:
+/// `dW[:, :, i, j] = Σ dY · X_ijᵀ` over the images, with `dY` on the same
+/// rows of `W + 2` (its two extra values per row zero).
+fn shifted_weight_gradient(xs: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>, Vec<f32>) {
+    let (c, co, h, w) = (g.channels, g.out_channels, g.height, g.width);
+    let wp = w + 2;
+    let pp = (h + 2) * wp;
+    let wide = h * wp;
+    let (per_offset, bias) = dy
+        .par_chunks(co * h * w)
+        .zip(xs.par_chunks(c * h * w))
+        .fold(
+            || {
+                (
+                    vec![0f32; 9 * co * c],
+                    vec![0f32; co],
+                    vec![0f32; c * pp + 2],
+                    vec![0f32; co * wide],
+                )
+            },
+            |(mut dw, mut bias, mut padded, mut dy_wide), (image_dy, image)| {
+                pad_image(image, g, &mut padded);
+                for ((b, plane), wide_plane) in bias
+                    .iter_mut()
+                    .zip(image_dy.chunks_exact(h * w))
+                    .zip(dy_wide.chunks_exact_mut(wide))
+                {
+                    *b += lane_sum(plane);
+                    // The two extra columns of each row stay zero.
+                    for (row, wide_row) in
+                        plane.chunks_exact(w).zip(wide_plane.chunks_exact_mut(wp))
+                    {
+                        wide_row[..w].copy_from_slice(row);
+                    }
+                }
+                for t in 0..9 {
+                    let off = (t / 3) * wp + t % 3;
+                    matmul(
+                        row_major_mut(&mut dw[t * co * c..(t + 1) * co * c], co, c),
+                        Accum::Add,
+                        row_major(&dy_wide, co, wide),
+                        MatRef::from_row_major_slice_with_stride(&padded[off..], c, wide, pp)
+                            .transpose(),
+                        1.0,
+                        Par::Seq,
+                    );
+                }
+                (dw, bias, padded, dy_wide)
+            },
+        )
+        .map(|(dw, bias, _, _)| (dw, bias))
+        .reduce(
+            || (vec![0f32; 9 * co * c], vec![0f32; co]),
+            |(mut w1, mut b1), (w2, b2)| {
+                w1.iter_mut().zip(&w2).for_each(|(a, b)| *a += b);
+                b1.iter_mut().zip(&b2).for_each(|(a, b)| *a += b);
+                (w1, b1)
+            },
+        );
+    let mut dw = vec![0f32; co * c * 9];
+    for t in 0..9 {
+        for (k, &v) in per_offset[t * co * c..(t + 1) * co * c].iter().enumerate() {
+            dw[k * 9 + t] = v;
+        }
+    }
+    (dw, bias)
 }
 
 /// The input gradient of a same-size convolution
@@ -520,6 +685,15 @@ fn backward(
         (input_grad && g.same_size()).then(|| same_size_input_gradient(&grad, ws, &g, options));
     let input_grad = input_grad && same_size_dx.is_none();
     let (co, k, p) = (g.out_channels, g.patch(), g.positions());
+    if g.shifted() {
+        let (dw, bias) = shifted_weight_gradient(xs, dy, &g);
+        let shape = weight.layout().shape().clone();
+        return (
+            same_size_dx,
+            tensor(dw, shape.as_slice()),
+            tensor(bias, &[co]),
+        );
+    }
     let w = row_major(ws, co, k);
     let par = g.product_parallelism();
     let group = g.images_per_product();
@@ -838,6 +1012,17 @@ mod tests {
         Device::flex().autodiff().seed(1);
         check([4, 3, 8, 8], 5, [3, 3], options(1, 1), true);
         check([3, 6, 7, 5], 4, [3, 3], options(1, 1), false);
+    }
+
+    #[test]
+    fn nine_shifted_products_equal_burns_convolution() {
+        Device::flex().autodiff().seed(2);
+        // 16 or more channels, rows 16 or more wide: the shifted products,
+        // forward and weight gradient; with 16 or more outputs the input
+        // gradient (a convolution by the turned weights) takes them too.
+        check([2, 16, 16, 16], 16, [3, 3], options(1, 1), true);
+        check([1, 17, 5, 20], 3, [3, 3], options(1, 1), false);
+        check([3, 16, 9, 16], 18, [3, 3], options(1, 1), true);
     }
 
     #[test]
