@@ -92,27 +92,14 @@ pub fn sgd_momentum_step<const D: usize>(
     (param - update.mul_scalar(step.lr), velocity)
 }
 
-/// `x` as one contiguous buffer that it alone owns: in place when it
-/// already is, a copy otherwise.
-fn owned(x: FlexTensor) -> FlexTensor {
-    let whole = x.storage::<f32>().len() == x.layout().num_elements();
-    if x.is_contiguous() && x.layout().start_offset() == 0 && whole && x.is_unique() {
-        x
-    } else {
-        let (x, n) = (x.to_contiguous(), x.layout().num_elements());
-        let values = x.storage::<f32>()[x.layout().start_offset()..][..n].to_vec();
-        FlexTensor::from_data(TensorData::new(values, x.layout().shape().to_vec()))
-    }
-}
-
 fn fused_step(
     param: FlexTensor,
     grad: FlexTensor,
     velocity: FlexTensor,
     step: SgdStep,
 ) -> (FlexTensor, FlexTensor) {
-    let (mut param, mut velocity) = (owned(param), owned(velocity));
-    let grad = grad.to_contiguous();
+    let (mut param, mut velocity) = (crate::owned(param), crate::owned(velocity));
+    let grad = crate::contiguous(grad);
     let n = param.layout().num_elements();
     assert_eq!(
         grad.layout().num_elements(),
@@ -124,7 +111,7 @@ fn fused_step(
         n,
         "velocity and parameter sizes"
     );
-    let grads = &grad.storage::<f32>()[grad.layout().start_offset()..][..n];
+    let grads = crate::values(&grad);
     /// One task's values, for [`pulp::Arch::dispatch`].
     struct Task<'a> {
         params: &'a mut [f32],
