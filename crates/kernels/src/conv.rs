@@ -603,14 +603,7 @@ fn shifted_weight_gradient(xs: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>, V
             },
         )
         .map(|(dw, bias, _, _)| (dw, bias))
-        .reduce(
-            || (vec![0f32; 9 * co * c], vec![0f32; co]),
-            |(mut w1, mut b1), (w2, b2)| {
-                w1.iter_mut().zip(&w2).for_each(|(a, b)| *a += b);
-                b1.iter_mut().zip(&b2).for_each(|(a, b)| *a += b);
-                (w1, b1)
-            },
-        );
+        .reduce(|| (vec![0f32; 9 * co * c], vec![0f32; co]), add_gradients);
     let mut dw = vec![0f32; co * c * 9];
     for t in 0..9 {
         for (k, &v) in per_offset[t * co * c..(t + 1) * co * c].iter().enumerate() {
@@ -618,6 +611,19 @@ fn shifted_weight_gradient(xs: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>, V
         }
     }
     (dw, bias)
+}
+
+/// Two tasks' (weight, bias) gradient sums added up.
+fn add_gradients(
+    (mut weight, mut bias): (Vec<f32>, Vec<f32>),
+    (other_weight, other_bias): (Vec<f32>, Vec<f32>),
+) -> (Vec<f32>, Vec<f32>) {
+    weight
+        .iter_mut()
+        .zip(&other_weight)
+        .for_each(|(a, b)| *a += b);
+    bias.iter_mut().zip(&other_bias).for_each(|(a, b)| *a += b);
+    (weight, bias)
 }
 
 /// The input gradient of a same-size convolution
@@ -779,14 +785,7 @@ fn backward(
             acc
         })
         .map(|acc| (acc.weight, acc.bias))
-        .reduce(
-            || (vec![0f32; co * k], vec![0f32; co]),
-            |(mut w1, mut b1), (w2, b2)| {
-                w1.iter_mut().zip(&w2).for_each(|(a, b)| *a += b);
-                b1.iter_mut().zip(&b2).for_each(|(a, b)| *a += b);
-                (w1, b1)
-            },
-        );
+        .reduce(|| (vec![0f32; co * k], vec![0f32; co]), add_gradients);
     let dx = same_size_dx
         .or_else(|| input_grad.then(|| tensor(dx, &[g.batch, g.channels, g.height, g.width])));
     let shape = weight.layout().shape().clone();

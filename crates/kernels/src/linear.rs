@@ -207,7 +207,7 @@ fn remaining_output(x: &[f32], w: &[f32], out: &mut [f32], (i, o): (usize, usize
                     .iter_mut()
                     .zip(self.columns.chunks_exact(self.i))
                 {
-                    *value += dot(x_row, column);
+                    *value += crate::lane_sums(x_row, column, |x, w| (x * w, 0.0)).0;
                 }
             }
         }
@@ -230,26 +230,6 @@ fn remaining_output(x: &[f32], w: &[f32], out: &mut [f32], (i, o): (usize, usize
                 tiled,
             });
         });
-}
-
-/// `Σ a[k] · b[k]` in 16 partial sums, which the compiler keeps in vector
-/// registers (see [`crate::lane_sums`]).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut sums = [0f32; 16];
-    let (a_chunks, b_chunks) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = a_chunks
-        .remainder()
-        .iter()
-        .zip(b_chunks.remainder())
-        .map(|(a, b)| a * b)
-        .sum();
-    for (a, b) in a_chunks.zip(b_chunks) {
-        for l in 0..16 {
-            sums[l] += a[l] * b[l];
-        }
-    }
-    sums.iter().sum::<f32>() + tail
 }
 
 /// `dW[:, tiled..] = xᵀ · dY[:, tiled..]`, the weight gradient's columns that
