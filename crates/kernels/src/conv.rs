@@ -471,28 +471,34 @@ fn forward(
     tensor(out, &[g.batch, co, g.out_height, g.out_width])
 }
 
-/// A 3x3 "same" convolution ([`Geometry::shifted`]) as nine products, one
-/// per kernel offset `(i, j)`, without unfolding: `Y += W[:, :, i, j] · X_ij`,
-/// where `X_ij` is the zero-padded image read from offset `i·(W+2) + j`, a
-/// `[C, H·(W+2)]` view with one padded plane between rows. The output is
-/// computed on rows of `W + 2` (the last two values of each row are
-/// wrap-around, dropped when copied out).
+/// A 3x3 "same" convolution ([`Geometry::shifted`]) as products over
+/// shifted views of the zero-padded image instead of an unfolded one:
+/// `Y += W[:, :, i, j] · X_ij`, where `X_ij` is the padded image read from
+/// offset `i·(W+2) + j`, a `[C, H·(W+2)]` view with one padded plane
+/// between rows. The output is computed on rows of `W + 2` (the last two
+/// values of each row are wrap-around, dropped when copied out).
+///
+/// With few channels, one product per offset would be only `C` deep, so
+/// the image is padded into [`Shifts::copies`] copies, copy `j` moved left by
+/// `j` columns: one product then covers the offsets `(i, 0..copies)` of a
+/// kernel row at depth `copies·C`.
 ///
 /// im2col writes nine copies of the input for one product of depth `9C`;
-/// here the input is copied once (padded) and faer packs what each product
-/// reads in cache-sized blocks. Measured (BENCHMARKS.md, "Seventh round"),
-/// it pays from rows of 16 and 16 input channels on; smaller maps waste
-/// more of their wider rows, and fewer channels make shallow products.
+/// here the input is copied once (or three times) and faer packs what each
+/// product reads in cache-sized blocks. Measured (BENCHMARKS.md, "Seventh
+/// round"), it pays from rows of 16 and 16 input channels on; smaller maps
+/// waste more of their wider rows, and fewer channels make shallow products.
 fn shifted_forward(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
     let (c, co, h, w) = (g.channels, g.out_channels, g.height, g.width);
-    let (hp, wp) = (h + 2, w + 2);
-    let pp = hp * wp;
-    let wide = h * wp;
-    let mut per_offset = vec![0f32; 9 * co * c];
+    let s = Shifts::new(g);
+    let wide = h * s.row;
+    let depth = s.copies * c;
+    let mut per_product = vec![0f32; 9 * co * c];
     for o in 0..co {
         for ci in 0..c {
             for t in 0..9 {
-                per_offset[(t * co + o) * c + ci] = ws[(o * c + ci) * 9 + t];
+                let (p, j) = (t / s.copies, t % s.copies);
+                per_product[(p * co + o) * depth + j * c + ci] = ws[(o * c + ci) * 9 + t];
             }
         }
     }
@@ -500,17 +506,16 @@ fn shifted_forward(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, g: &Geometry) -
     out.par_chunks_mut(co * h * w)
         .zip(xs.par_chunks(c * h * w))
         .for_each_init(
-            || (vec![0f32; c * pp + 2], vec![0f32; co * wide]),
+            || (vec![0f32; s.buffer_len()], vec![0f32; co * wide]),
             |(padded, wide_out), (out, image)| {
-                pad_image(image, g, padded);
+                s.pad(image, padded);
                 if let Some(b) = bias {
                     for (row, &bv) in wide_out.chunks_exact_mut(wide).zip(b) {
                         row.fill(bv);
                     }
                 }
-                for t in 0..9 {
-                    let off = (t / 3) * wp + t % 3;
-                    let accum = if t == 0 && bias.is_none() {
+                for p in 0..s.products() {
+                    let accum = if p == 0 && bias.is_none() {
                         Accum::Replace
                     } else {
                         Accum::Add
@@ -518,8 +523,12 @@ fn shifted_forward(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, g: &Geometry) -
                     matmul(
                         row_major_mut(wide_out, co, wide),
                         accum,
-                        row_major(&per_offset[t * co * c..(t + 1) * co * c], co, c),
-                        MatRef::from_row_major_slice_with_stride(&padded[off..], c, wide, pp),
+                        row_major(
+                            &per_product[p * co * depth..(p + 1) * co * depth],
+                            co,
+                            depth,
+                        ),
+                        s.view(padded, p),
                         1.0,
                         Par::Seq,
                     );
@@ -527,8 +536,9 @@ fn shifted_forward(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, g: &Geometry) -
                 for (plane, wide_plane) in
                     out.chunks_exact_mut(h * w).zip(wide_out.chunks_exact(wide))
                 {
-                    for (row, wide_row) in
-                        plane.chunks_exact_mut(w).zip(wide_plane.chunks_exact(wp))
+                    for (row, wide_row) in plane
+                        .chunks_exact_mut(w)
+                        .zip(wide_plane.chunks_exact(s.row))
                     {
                         row.copy_from_slice(&wide_row[..w]);
                     }
@@ -538,17 +548,89 @@ fn shifted_forward(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, g: &Geometry) -
     out
 }
 
-/// The images of `xs` (`[N, C, H, W]`) padded by one zero all round, each
-/// channel a `(H + 2) x (W + 2)` plane, into `padded` (which ends with two
-/// more zeros; its padding is never written, so it stays zero).
-fn pad_image(image: &[f32], g: &Geometry, padded: &mut [f32]) {
-    let (h, w, wp) = (g.height, g.width, g.width + 2);
-    let pp = (h + 2) * wp;
-    for (ci, plane) in image.chunks_exact(h * w).enumerate() {
-        let dst = &mut padded[ci * pp..(ci + 1) * pp];
-        for (y, row) in plane.chunks_exact(w).enumerate() {
-            dst[(y + 1) * wp + 1..][..w].copy_from_slice(row);
+/// Channels below which a shifted convolution pads the image into three
+/// copies ([`Shifts`]): at 32 channels a product per kernel offset is too
+/// shallow; from 64 on the copies cost more than they save (measured,
+/// BENCHMARKS.md, "Eighth round").
+const THREE_COPIES_BELOW: usize = 64;
+
+/// The padded image of a shifted convolution ([`shifted_forward`]):
+/// `copies` copies of each image padded by one zero all round, copy `j`
+/// moved left by `j` columns, as `copies·C` planes of `(H + 2)·(W + 2)`
+/// values (copy-major), so that kernel row `i`, columns `j..j + copies`,
+/// is one `[copies·C, H·(W + 2)]` view from offset `i·(W + 2)`.
+struct Shifts {
+    channels: usize,
+    height: usize,
+    width: usize,
+    /// Values per padded row, `W + 2`.
+    row: usize,
+    /// Values per padded plane, `(H + 2)·(W + 2)`.
+    plane: usize,
+    /// 3 (one product per kernel row) or 1 (one per kernel offset).
+    copies: usize,
+}
+
+impl Shifts {
+    fn new(g: &Geometry) -> Self {
+        let row = g.width + 2;
+        Self {
+            channels: g.channels,
+            height: g.height,
+            width: g.width,
+            row,
+            plane: (g.height + 2) * row,
+            copies: if g.channels < THREE_COPIES_BELOW {
+                3
+            } else {
+                1
+            },
         }
+    }
+
+    /// Products per convolution: 9 offsets, `copies` per product.
+    fn products(&self) -> usize {
+        9 / self.copies
+    }
+
+    /// Length of the padded buffer; it ends with two more zeros, which the
+    /// last offsets' wrap-around columns read.
+    fn buffer_len(&self) -> usize {
+        self.copies * self.channels * self.plane + 2
+    }
+
+    /// Pads `image` (`[C, H, W]`) into `padded`, a reused buffer of
+    /// [`buffer_len`](Self::buffer_len) whose padding is never written, so it
+    /// stays zero (the copies' last `j` values, read only by wrap-around
+    /// columns, too).
+    fn pad(&self, image: &[f32], padded: &mut [f32]) {
+        let (h, w, row, plane) = (self.height, self.width, self.row, self.plane);
+        for (ci, channel) in image.chunks_exact(h * w).enumerate() {
+            let dst = &mut padded[ci * plane..(ci + 1) * plane];
+            for (y, values) in channel.chunks_exact(w).enumerate() {
+                dst[(y + 1) * row + 1..][..w].copy_from_slice(values);
+            }
+        }
+        let copy = self.channels * plane;
+        for j in 1..self.copies {
+            for ci in 0..self.channels {
+                let from = ci * plane;
+                padded.copy_within(from + j..from + plane, j * copy + from);
+            }
+        }
+    }
+
+    /// The `[copies·C, H·(W + 2)]` operand of product `p`.
+    fn view<'a>(&self, padded: &'a [f32], p: usize) -> MatRef<'a, f32> {
+        let t = p * self.copies;
+        let offset = (t / 3) * self.row + t % 3;
+        let rows = self.copies * self.channels;
+        MatRef::from_row_major_slice_with_stride(
+            &padded[offset..],
+            rows,
+            self.height * self.row,
+            self.plane,
+        )
     }
 }
 
@@ -557,10 +639,10 @@ fn pad_image(image: &[f32], g: &Geometry, padded: &mut [f32]) {
 /// rows of `W + 2` (its two extra values per row zero).
 fn shifted_weight_gradient(xs: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>, Vec<f32>) {
     let (c, co, h, w) = (g.channels, g.out_channels, g.height, g.width);
-    let wp = w + 2;
-    let pp = (h + 2) * wp;
-    let wide = h * wp;
-    let (per_offset, bias) = dy
+    let s = Shifts::new(g);
+    let wide = h * s.row;
+    let depth = s.copies * c;
+    let (per_product, bias) = dy
         .par_chunks(co * h * w)
         .zip(xs.par_chunks(c * h * w))
         .fold(
@@ -568,12 +650,12 @@ fn shifted_weight_gradient(xs: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>, V
                 (
                     vec![0f32; 9 * co * c],
                     vec![0f32; co],
-                    vec![0f32; c * pp + 2],
+                    vec![0f32; s.buffer_len()],
                     vec![0f32; co * wide],
                 )
             },
             |(mut dw, mut bias, mut padded, mut dy_wide), (image_dy, image)| {
-                pad_image(image, g, &mut padded);
+                s.pad(image, &mut padded);
                 for ((b, plane), wide_plane) in bias
                     .iter_mut()
                     .zip(image_dy.chunks_exact(h * w))
@@ -581,20 +663,19 @@ fn shifted_weight_gradient(xs: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>, V
                 {
                     *b += lane_sum(plane);
                     // The two extra columns of each row stay zero.
-                    for (row, wide_row) in
-                        plane.chunks_exact(w).zip(wide_plane.chunks_exact_mut(wp))
+                    for (row, wide_row) in plane
+                        .chunks_exact(w)
+                        .zip(wide_plane.chunks_exact_mut(s.row))
                     {
                         wide_row[..w].copy_from_slice(row);
                     }
                 }
-                for t in 0..9 {
-                    let off = (t / 3) * wp + t % 3;
+                for p in 0..s.products() {
                     matmul(
-                        row_major_mut(&mut dw[t * co * c..(t + 1) * co * c], co, c),
+                        row_major_mut(&mut dw[p * co * depth..(p + 1) * co * depth], co, depth),
                         Accum::Add,
                         row_major(&dy_wide, co, wide),
-                        MatRef::from_row_major_slice_with_stride(&padded[off..], c, wide, pp)
-                            .transpose(),
+                        s.view(&padded, p).transpose(),
                         1.0,
                         Par::Seq,
                     );
@@ -605,9 +686,12 @@ fn shifted_weight_gradient(xs: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>, V
         .map(|(dw, bias, _, _)| (dw, bias))
         .reduce(|| (vec![0f32; 9 * co * c], vec![0f32; co]), add_gradients);
     let mut dw = vec![0f32; co * c * 9];
-    for t in 0..9 {
-        for (k, &v) in per_offset[t * co * c..(t + 1) * co * c].iter().enumerate() {
-            dw[k * 9 + t] = v;
+    for o in 0..co {
+        for ci in 0..c {
+            for t in 0..9 {
+                let (p, j) = (t / s.copies, t % s.copies);
+                dw[(o * c + ci) * 9 + t] = per_product[(p * co + o) * depth + j * c + ci];
+            }
         }
     }
     (dw, bias)
@@ -1016,12 +1100,16 @@ mod tests {
     #[test]
     fn nine_shifted_products_equal_burns_convolution() {
         Device::flex().autodiff().seed(2);
-        // 16 or more channels, rows 16 or more wide: the shifted products,
-        // forward and weight gradient; with 16 or more outputs the input
-        // gradient (a convolution by the turned weights) takes them too.
+        // 16 or more channels, rows 16 or more wide: the shifted products
+        // over three copies of the image, forward and weight gradient; with
+        // 16 or more outputs the input gradient (a convolution by the turned
+        // weights) takes them too.
         check([2, 16, 16, 16], 16, [3, 3], options(1, 1), true);
         check([1, 17, 5, 20], 3, [3, 3], options(1, 1), false);
         check([3, 16, 9, 16], 18, [3, 3], options(1, 1), true);
+        // From 64 channels, one product per offset instead of three copies
+        // of the image; the input gradient (3 outputs) goes through im2col.
+        check([2, 64, 4, 17], 3, [3, 3], options(1, 1), true);
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! `cargo run --release -p cifar-train --example profile_small_cnn`; add
 //! `-- --pool` to compare the max-pool kernels, `-- --batch-norm` for the
 //! default CNN's batch norms, `-- --conv` for the convolutions of the
-//! reference models, `-- --airbench` for those of `--model airbench`
-//! (`-- --airbench-step` for its whole step),
+//! reference models (`-- --conv --only 32->` for those with 32 input
+//! channels, with the project's kernels only), `-- --airbench` for those
+//! of `--model airbench` (`-- --airbench-step` for its whole step),
 //! `-- --burn` for the step with Burn's own operations.
 
 use std::time::Instant;
@@ -98,11 +99,16 @@ fn main() {
         return;
     }
     if std::env::args().any(|a| a == "--conv") {
-        // The convolutions of the small CNN, then of the VGG-style net (the
-        // default CNN's are those of its first two stages at half width).
+        // The convolutions of the small CNN, then of the default CNN
+        // (32-64-128), then of the VGG-style net (64-128-256).
+        let only = std::env::args().skip_while(|a| a != "--only").nth(1);
         let shapes = [
             (3, 32, 32),
             (32, 64, 16),
+            (32, 32, 32),
+            (64, 64, 16),
+            (64, 128, 8),
+            (128, 128, 8),
             (3, 64, 32),
             (64, 64, 32),
             (64, 128, 16),
@@ -114,9 +120,14 @@ fn main() {
             let layer = conv(cin, cout);
             let shape = [n, cin, size, size];
             let name = format!("{cin}->{cout} ({size}x{size})");
-            profile(&format!("burn-flex conv {name}"), shape, |x| {
-                layer.forward(x)
-            });
+            if only.as_ref().is_some_and(|o| !name.starts_with(o.as_str())) {
+                continue;
+            }
+            if only.is_none() {
+                profile(&format!("burn-flex conv {name}"), shape, |x| {
+                    layer.forward(x)
+                });
+            }
             profile(&format!("cifar-kernels conv {name}"), shape, |x| {
                 cifar_models::convolve(&layer, x)
             });
