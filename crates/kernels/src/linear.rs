@@ -182,9 +182,24 @@ fn backward(
     (dx, tensor(dw, &[i, o]), tensor(db, &[o]))
 }
 
+/// Columns of the tail that [`tiled_columns`] leaves out, computed together:
+/// the tail is zero-padded to a multiple of this.
+const TAIL_GROUP: usize = 4;
+
+/// Rows of `x` (forward) or vectors of inputs (weight gradient) computed
+/// together with one [`TAIL_GROUP`] of columns: 4 x 4 vectors of partial
+/// sums, which stay in 16 of AVX-512's 32 registers. Written with plain
+/// arrays of lanes instead of pulp's vector types, the compiler kept the
+/// sums in memory (and the step got slower than with one dot product at a
+/// time).
+const TAIL_BLOCK: usize = 4;
+
 /// `out[:, tiled..] += x · W[:, tiled..]`, the output columns that
-/// [`tiled_columns`] leaves out, as dot products of each row of `x` with
-/// those columns of `W` (copied out as rows).
+/// [`tiled_columns`] leaves out, as dot products of the rows of `x` with
+/// those columns of `W` (copied out as rows, zero-padded to a multiple of
+/// [`TAIL_GROUP`]). Each pass reads [`TAIL_BLOCK`] rows and a group of
+/// columns, and keeps their 16 sums in registers: a product that loads two
+/// values per multiply-add (one row, one column) was bound by the loads.
 fn remaining_output(x: &[f32], w: &[f32], out: &mut [f32], (i, o): (usize, usize), tiled: usize) {
     struct Rows<'a> {
         x: &'a [f32],
@@ -197,24 +212,45 @@ fn remaining_output(x: &[f32], w: &[f32], out: &mut [f32], (i, o): (usize, usize
     impl pulp::WithSimd for Rows<'_> {
         type Output = ();
         #[inline(always)]
-        fn with_simd<S: pulp::Simd>(self, _: S) {
-            for (out_row, x_row) in self
-                .out
-                .chunks_exact_mut(self.o)
-                .zip(self.x.chunks_exact(self.i))
-            {
-                for (value, column) in out_row[self.tiled..]
-                    .iter_mut()
-                    .zip(self.columns.chunks_exact(self.i))
-                {
-                    *value += crate::lane_sums(x_row, column, |x, w| (x * w, 0.0)).0;
+        fn with_simd<S: pulp::Simd>(self, simd: S) {
+            let (i, o, tiled) = (self.i, self.o, self.tiled);
+            let rows = self.x.len() / i;
+            let mut first = 0;
+            while first < rows {
+                let block = if rows - first >= TAIL_BLOCK {
+                    TAIL_BLOCK
+                } else {
+                    1
+                };
+                for (g, columns) in self.columns.chunks_exact(TAIL_GROUP * i).enumerate() {
+                    let columns: [&[f32]; TAIL_GROUP] =
+                        std::array::from_fn(|c| &columns[c * i..(c + 1) * i]);
+                    let row = |r: usize| &self.x[(first + r) * i..(first + r + 1) * i];
+                    let used = (o - tiled - g * TAIL_GROUP).min(TAIL_GROUP);
+                    let mut add = |r: usize, sums: [f32; TAIL_GROUP]| {
+                        let at = (first + r) * o + tiled + g * TAIL_GROUP;
+                        for (value, sum) in self.out[at..at + used].iter_mut().zip(sums) {
+                            *value += sum;
+                        }
+                    };
+                    if block == TAIL_BLOCK {
+                        let sums =
+                            block_dots::<S, TAIL_BLOCK>(simd, std::array::from_fn(row), columns);
+                        sums.into_iter().enumerate().for_each(|(r, s)| add(r, s));
+                    } else {
+                        add(0, block_dots::<S, 1>(simd, [row(0)], columns)[0]);
+                    }
                 }
+                first += block;
             }
         }
     }
-    let mut columns = Vec::with_capacity((o - tiled) * i);
-    for c in tiled..o {
-        columns.extend(w[c..].iter().step_by(o));
+    let groups = (o - tiled).div_ceil(TAIL_GROUP);
+    let mut columns = vec![0f32; groups * TAIL_GROUP * i];
+    for (c, column) in (tiled..o).zip(columns.chunks_exact_mut(i)) {
+        for (to, &from) in column.iter_mut().zip(w[c..].iter().step_by(o)) {
+            *to = from;
+        }
     }
     const ROWS: usize = 16;
     let arch = pulp::Arch::new();
@@ -232,9 +268,44 @@ fn remaining_output(x: &[f32], w: &[f32], out: &mut [f32], (i, o): (usize, usize
         });
 }
 
+/// The `R x TAIL_GROUP` dot products of `R` rows with a group of columns, all
+/// of the same length, in one vector of partial sums each.
+#[inline(always)]
+fn block_dots<S: pulp::Simd, const R: usize>(
+    simd: S,
+    rows: [&[f32]; R],
+    columns: [&[f32]; TAIL_GROUP],
+) -> [[f32; TAIL_GROUP]; R] {
+    let x: [_; R] = std::array::from_fn(|r| S::as_simd_f32s(rows[r]));
+    let w: [_; TAIL_GROUP] = std::array::from_fn(|c| S::as_simd_f32s(columns[c]));
+    let len = w[0].0.len();
+    // Cut to one length, so that the loop below checks no bounds.
+    let xv: [&[S::f32s]; R] = std::array::from_fn(|r| &x[r].0[..len]);
+    let wv: [&[S::f32s]; TAIL_GROUP] = std::array::from_fn(|c| &w[c].0[..len]);
+    let mut sums = [[simd.splat_f32s(0.0); TAIL_GROUP]; R];
+    for k in 0..len {
+        for r in 0..R {
+            for c in 0..TAIL_GROUP {
+                sums[r][c] = simd.mul_add_e_f32s(xv[r][k], wv[c][k], sums[r][c]);
+            }
+        }
+    }
+    let mut dots = [[0f32; TAIL_GROUP]; R];
+    for r in 0..R {
+        for c in 0..TAIL_GROUP {
+            let rest: f32 = x[r].1.iter().zip(w[c].1).map(|(a, b)| a * b).sum();
+            dots[r][c] = simd.reduce_sum_f32s(sums[r][c]) + rest;
+        }
+    }
+    dots
+}
+
 /// `dW[:, tiled..] = xᵀ · dY[:, tiled..]`, the weight gradient's columns that
-/// [`tiled_columns`] leaves out, as sums over the batch of `dY[b, c] · x[b]`:
-/// each task takes a range of inputs and keeps one row of sums per column.
+/// [`tiled_columns`] leaves out, as sums over the batch of `dY[b, c] · x[b]`.
+/// Each task takes a range of inputs; each pass over the batch keeps the
+/// sums of [`TAIL_BLOCK`] vectors of inputs for a group of columns in
+/// registers (the gradient columns zero-padded to a multiple of
+/// [`TAIL_GROUP`]).
 fn remaining_weight_gradient(
     x: &[f32],
     dy: &[f32],
@@ -244,52 +315,81 @@ fn remaining_weight_gradient(
 ) {
     struct Inputs<'a> {
         x: &'a [f32],
+        /// `dY`'s tail columns, padded, row by row: `[N, groups·TAIL_GROUP]`.
         dy: &'a [f32],
-        sums: &'a mut [f32],
+        dw: &'a mut [f32],
         first: usize,
-        width: usize,
         shape: (usize, usize, usize),
         tiled: usize,
     }
     impl pulp::WithSimd for Inputs<'_> {
         type Output = ();
         #[inline(always)]
-        fn with_simd<S: pulp::Simd>(self, _: S) {
+        fn with_simd<S: pulp::Simd>(self, simd: S) {
+            let lanes = std::mem::size_of::<S::f32s>() / std::mem::size_of::<f32>();
+            let wide = TAIL_BLOCK * lanes;
             let (n, i, o) = self.shape;
-            for (x_row, dy_row) in self.x.chunks_exact(i).zip(self.dy.chunks_exact(o)).take(n) {
-                let x_part = &x_row[self.first..self.first + self.width];
-                for (row, &g) in self
-                    .sums
-                    .chunks_exact_mut(self.width)
-                    .zip(&dy_row[self.tiled..])
-                {
-                    row.iter_mut().zip(x_part).for_each(|(s, &v)| *s += g * v);
+            let padded = self.dy.len() / n;
+            let width = self.dw.len() / o;
+            let rows = || self.x.chunks_exact(i).zip(self.dy.chunks_exact(padded));
+            for g in 0..padded / TAIL_GROUP {
+                let used = (o - self.tiled - g * TAIL_GROUP).min(TAIL_GROUP);
+                let column = |c: usize| self.tiled + g * TAIL_GROUP + c;
+                let mut k = 0;
+                while k + wide <= width {
+                    let from = self.first + k;
+                    let mut sums = [[simd.splat_f32s(0.0); TAIL_BLOCK]; TAIL_GROUP];
+                    for (x_row, dy_row) in rows() {
+                        let x = S::as_simd_f32s(&x_row[from..from + wide]).0;
+                        for (c, sums) in sums.iter_mut().enumerate() {
+                            let g_value = simd.splat_f32s(dy_row[g * TAIL_GROUP + c]);
+                            for (sum, &x) in sums.iter_mut().zip(x) {
+                                *sum = simd.mul_add_e_f32s(g_value, x, *sum);
+                            }
+                        }
+                    }
+                    for (c, sums) in sums.iter().enumerate().take(used) {
+                        let mut values = vec![0f32; wide];
+                        for (to, &sum) in values.chunks_exact_mut(lanes).zip(sums) {
+                            simd.partial_store_f32s(to, sum);
+                        }
+                        for (l, value) in values.into_iter().enumerate() {
+                            self.dw[(k + l) * o + column(c)] = value;
+                        }
+                    }
+                    k += wide;
+                }
+                for k in k..width {
+                    for c in 0..used {
+                        let sum = rows()
+                            .map(|(x_row, dy_row)| {
+                                dy_row[g * TAIL_GROUP + c] * x_row[self.first + k]
+                            })
+                            .sum();
+                        self.dw[k * o + column(c)] = sum;
+                    }
                 }
             }
         }
+    }
+    let padded = (o - tiled).div_ceil(TAIL_GROUP) * TAIL_GROUP;
+    let mut dy_tail = vec![0f32; n * padded];
+    for (to, from) in dy_tail.chunks_exact_mut(padded).zip(dy.chunks_exact(o)) {
+        to[..o - tiled].copy_from_slice(&from[tiled..]);
     }
     const INPUTS: usize = 256;
     let arch = pulp::Arch::new();
     dw.par_chunks_mut(INPUTS * o)
         .enumerate()
         .for_each(|(chunk, dw_rows)| {
-            let first = chunk * INPUTS;
-            let width = dw_rows.len() / o;
-            let mut sums = vec![0f32; (o - tiled) * width];
             arch.dispatch(Inputs {
                 x,
-                dy,
-                sums: &mut sums,
-                first,
-                width,
+                dy: &dy_tail,
+                dw: dw_rows,
+                first: chunk * INPUTS,
                 shape: (n, i, o),
                 tiled,
             });
-            for (c, row) in sums.chunks_exact(width).enumerate() {
-                for (k, &value) in row.iter().enumerate() {
-                    dw_rows[k * o + tiled + c] = value;
-                }
-            }
         });
 }
 
