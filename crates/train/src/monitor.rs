@@ -335,15 +335,13 @@ impl LayerMonitor {
         layers
             .into_iter()
             .map(|layer| {
-                let [n, units] = layer.post.dims();
+                let units = layer.post.dims()[1];
                 let values = layer
                     .post
                     .into_data()
                     .try_into_vec_as::<f32>()
                     .expect("float activations");
-                let dead = (0..units)
-                    .filter(|&u| (0..n).all(|i| values[i * units + u] == 0.0))
-                    .count();
+                let dead = dead_units(&values, units);
                 LayerSnapshot {
                     name: layer.name,
                     stats: ActivationStats::of(&values, band, BINS),
@@ -579,6 +577,18 @@ pub struct RatioHistory {
 
 /// The rows of a `layers.csv` text up to step `iteration` (1-based rows),
 /// and the weights' update ratios among them.
+/// The units (columns of `[N, units]` row-major `values`) that are zero in
+/// every row. Read row by row: a unit at a time strides through memory.
+fn dead_units(values: &[f32], units: usize) -> usize {
+    let mut alive = vec![false; units];
+    for row in values.chunks_exact(units.max(1)) {
+        for (a, &v) in alive.iter_mut().zip(row) {
+            *a |= v != 0.0;
+        }
+    }
+    alive.iter().filter(|&&a| !a).count()
+}
+
 fn parse_layers_csv(text: &str, iteration: usize) -> (String, RatioHistory) {
     let mut kept = format!("{LAYERS_HEADER}\n");
     let mut history = RatioHistory::default();
@@ -823,6 +833,19 @@ mod tests {
             stats: ActivationStats::of(values, band, 4),
             dead_fraction: dead,
         }
+    }
+
+    #[test]
+    fn dead_units_are_zero_in_every_row() {
+        // 3 rows of 4 units: units 1 and 3 are zero throughout; unit 0 is
+        // zero in two rows only, unit 2 in none.
+        let values = [
+            0.0, 0.0, 1.0, 0.0, //
+            0.0, 0.0, 2.0, 0.0, //
+            5.0, 0.0, 3.0, 0.0,
+        ];
+        assert_eq!(dead_units(&values, 4), 2);
+        assert_eq!(dead_units(&[], 4), 4);
     }
 
     #[test]
