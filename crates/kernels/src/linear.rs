@@ -4,7 +4,7 @@
 //! burn-flex runs a linear layer's products through the `gemm` crate on one
 //! core for the two-layer net's shapes (the step ran as fast with one
 //! thread as with two), and its bias gradient as a separate reduction. Here
-//! each product is one call to faer, parallel over the cores: the output
+//! each product runs on all cores (see [`product`]): the output
 //! `x · W` (bias rows written first, the product added to them), the weight
 //! gradient `xᵀ · dY`, the input gradient `dY · Wᵀ` (skipped when the input
 //! needs none, as for a first layer), and the bias gradient a column sum.
@@ -84,9 +84,36 @@ fn tensor(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
 }
 
-/// Every core, through rayon's pool (faer splits the product).
-fn all_cores() -> Par {
-    Par::rayon(0)
+/// `dst (+)= lhs · rhs` on every core: the rows of `dst` (and `lhs`) split
+/// in halves, recursively, one part per core, each a one-core faer
+/// product, joined through rayon. faer's own parallel product
+/// (`Par::rayon`) synchronizes its threads at barriers inside the product;
+/// on the two-layer net's small products its waiting (`sched_yield`, futex
+/// wake-ups) took about a tenth of the step, and splitting the rows made
+/// the step 8-10% faster (BENCHMARKS.md, "Eighth round").
+fn product(dst: MatMut<'_, f32>, accum: Accum, lhs: MatRef<'_, f32>, rhs: MatRef<'_, f32>) {
+    split_product(dst, accum, lhs, rhs, rayon::current_num_threads());
+}
+
+fn split_product(
+    dst: MatMut<'_, f32>,
+    accum: Accum,
+    lhs: MatRef<'_, f32>,
+    rhs: MatRef<'_, f32>,
+    parts: usize,
+) {
+    let rows = dst.nrows();
+    if parts <= 1 || rows < 32 {
+        matmul(dst, accum, lhs, rhs, 1.0, Par::Seq);
+        return;
+    }
+    let mid = (rows / 2).next_multiple_of(16).min(rows);
+    let (top, bottom) = dst.split_at_row_mut(mid);
+    let (lhs_top, lhs_bottom) = lhs.split_at_row(mid);
+    rayon::join(
+        || split_product(top, accum, lhs_top, rhs, parts / 2),
+        || split_product(bottom, accum, lhs_bottom, rhs, parts - parts / 2),
+    );
 }
 
 fn forward(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>) -> FlexTensor {
@@ -107,13 +134,11 @@ fn forward(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>) -> FlexT
     };
     let (x_values, w_values): (&[f32], &[f32]) = (x.storage(), weight.storage());
     let tiled = tiled_columns(o);
-    matmul(
+    product(
         MatMut::from_row_major_slice_mut(&mut out, n, o).subcols_mut(0, tiled),
         accum,
         row_major(&x, n, i),
         row_major(&weight, i, o).subcols(0, tiled),
-        1.0,
-        all_cores(),
     );
     if tiled < o {
         remaining_output(x_values, w_values, &mut out, (i, o), tiled);
@@ -150,13 +175,11 @@ fn backward(
     // dW = xᵀ · dY
     let mut dw = crate::zeros(i * o);
     let tiled = tiled_columns(o);
-    matmul(
+    product(
         MatMut::from_row_major_slice_mut(&mut dw, i, o).subcols_mut(0, tiled),
         Accum::Replace,
         row_major(&x, n, i).transpose(),
         dy.subcols(0, tiled),
-        1.0,
-        all_cores(),
     );
     if tiled < o {
         remaining_weight_gradient(x.storage(), grad.storage(), &mut dw, (n, i, o), tiled);
@@ -169,13 +192,11 @@ fn backward(
     // dx = dY · Wᵀ
     let dx = input_grad.then(|| {
         let mut dx = crate::zeros(n * i);
-        matmul(
+        product(
             MatMut::from_row_major_slice_mut(&mut dx, n, i),
             Accum::Replace,
             dy,
             row_major(&weight, i, o).transpose(),
-            1.0,
-            all_cores(),
         );
         tensor(dx, &[n, i])
     });
