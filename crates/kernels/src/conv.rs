@@ -496,13 +496,8 @@ fn shifted_forward(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, g: &Geometry) -
     let wide = h * s.row;
     let depth = s.copies * c;
     let mut per_product = vec![0f32; 9 * co * c];
-    for o in 0..co {
-        for ci in 0..c {
-            for t in 0..9 {
-                let (p, j) = (t / s.copies, t % s.copies);
-                per_product[(p * co + o) * depth + j * c + ci] = ws[(o * c + ci) * 9 + t];
-            }
-        }
+    for (k, &weight) in ws.iter().enumerate() {
+        per_product[s.product_index(co, k)] = weight;
     }
     let mut out = crate::zeros(g.batch * co * h * w);
     out.par_chunks_mut(co * h * w)
@@ -626,6 +621,16 @@ impl Shifts {
         }
     }
 
+    /// Where weight `k` of a `[CO, C, 3, 3]` kernel sits among the
+    /// products' weights: product `p` is a `[CO, copies·C]` matrix whose
+    /// column `j·C + c` multiplies copy `j` of channel `c`, for kernel
+    /// offset `t = p·copies + j`.
+    fn product_index(&self, out_channels: usize, k: usize) -> usize {
+        let (o, ci, t) = (k / (9 * self.channels), k / 9 % self.channels, k % 9);
+        let (p, j) = (t / self.copies, t % self.copies);
+        (p * out_channels + o) * self.copies * self.channels + j * self.channels + ci
+    }
+
     /// The `[copies·C, H·(W + 1)]` operand of product `p`.
     fn view<'a>(&self, padded: &'a [f32], p: usize) -> MatRef<'a, f32> {
         let t = p * self.copies;
@@ -692,13 +697,8 @@ fn shifted_weight_gradient(xs: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>, V
         .map(|(dw, bias, _, _)| (dw, bias))
         .reduce(|| (vec![0f32; 9 * co * c], vec![0f32; co]), add_gradients);
     let mut dw = vec![0f32; co * c * 9];
-    for o in 0..co {
-        for ci in 0..c {
-            for t in 0..9 {
-                let (p, j) = (t / s.copies, t % s.copies);
-                dw[(o * c + ci) * 9 + t] = per_product[(p * co + o) * depth + j * c + ci];
-            }
-        }
+    for (k, weight) in dw.iter_mut().enumerate() {
+        *weight = per_product[s.product_index(co, k)];
     }
     (dw, bias)
 }
