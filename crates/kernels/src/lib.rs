@@ -34,7 +34,7 @@ fn on_flex(device: &Device) -> bool {
 
 /// Values summed side by side in [`lane_sums`]: four vectors of SSE, one of
 /// AVX-512.
-const LANES: usize = 16;
+pub const LANES: usize = 16;
 
 /// `(Σ f(a[i], b[i]).0, Σ f(a[i], b[i]).1)` over two slices of the same
 /// length, in [`LANES`] partial sums per total that the compiler keeps in
@@ -44,7 +44,7 @@ const LANES: usize = 16;
 /// reorder it on purpose (the earlier kernel summed that way, or in f64,
 /// and its passes took 2-4 times as long).
 #[inline(always)]
-fn lane_sums(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f32, f32) {
+pub fn lane_sums(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f32, f32) {
     assert_eq!(a.len(), b.len(), "summed slices' lengths");
     let (mut first, mut second) = ([0f32; LANES], [0f32; LANES]);
     let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));

@@ -60,24 +60,14 @@ impl Histogram {
     }
 }
 
-/// `Σ f(v)` over `values`: in 16 partial sums (which the compiler keeps in
-/// vector registers; one running sum waits on each addition) of chunks of
-/// 4,096 values in f32, the chunks added in f64.
+/// `Σ f(v)` over `values`: chunks of 4,096 values summed in f32 by
+/// [`cifar_kernels::lane_sums`] (partial sums the compiler keeps in vector
+/// registers; one running sum waits on each addition), the chunks added in
+/// f64.
 fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f64 {
-    const LANES: usize = 16;
     values
         .chunks(4096)
-        .map(|chunk| {
-            let mut lanes = [0f32; LANES];
-            let mut rest = chunk.chunks_exact(LANES);
-            for part in &mut rest {
-                for (lane, &v) in lanes.iter_mut().zip(part) {
-                    *lane += f(v);
-                }
-            }
-            let tail: f32 = rest.remainder().iter().map(|&v| f(v)).sum();
-            (lanes.iter().sum::<f32>() + tail) as f64
-        })
+        .map(|chunk| cifar_kernels::lane_sums(chunk, chunk, |v, _| (f(v), 0.0)).0 as f64)
         .sum()
 }
 
@@ -103,8 +93,8 @@ impl ActivationStats {
     pub fn of(values: &[f32], saturation: Option<(f32, f32)>, bins: usize) -> Self {
         let n = values.len().max(1) as f64;
         let (lo, hi) = saturation.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-        // Counts and range in 16 lanes as well, so that the loop is vectorized.
-        const LANES: usize = 16;
+        // Counts and range in lanes as well, so that the loop is vectorized.
+        const LANES: usize = cifar_kernels::LANES;
         let (mut zeros, mut saturated) = ([0u32; LANES], [0u32; LANES]);
         let (mut min, mut max) = ([f32::INFINITY; LANES], [f32::NEG_INFINITY; LANES]);
         let mut chunks = values.chunks_exact(LANES);
