@@ -4,13 +4,14 @@
 //! burn-flex runs a linear layer's products through the `gemm` crate on one
 //! core for the two-layer net's shapes (the step ran as fast with one
 //! thread as with two), and its bias gradient as a separate reduction. Here
-//! each product runs on all cores (see [`product`]): the output
-//! `x · W` (bias rows written first, the product added to them), the weight
-//! gradient `xᵀ · dY`, the input gradient `dY · Wᵀ` (skipped when the input
-//! needs none, as for a first layer), and the bias gradient a column sum.
-//! Output columns past a multiple of 16 (the last 4 of a 100-wide layer)
-//! leave faer's products for dot products and batch sums that read the input
-//! once (see [`tiled_columns`]).
+//! each product's output rows are split across the cores (see
+//! [`split_rows`]): the output `x · W` (bias rows written first, the product
+//! added to them), the weight gradient `xᵀ · dY`, the input gradient
+//! `dY · Wᵀ` (skipped when the input needs none, as for a first layer), and
+//! the bias gradient a column sum. Output columns past a multiple of 16 (the
+//! last 4 of a 100-wide layer) leave faer's products for dot products and
+//! batch sums, computed by each core on its own rows right after its
+//! product (see [`tiled_columns`]).
 
 use crate::{AffineBackward, NoBias, WithBias};
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -22,7 +23,6 @@ use burn_autodiff::ops::{Backward, OpsKind};
 use burn_flex::FlexTensor;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
-use rayon::prelude::*;
 
 /// A linear layer's products, as a backend extension.
 #[backend_extension(Flex, Autodiff)]
@@ -84,36 +84,60 @@ fn tensor(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
 }
 
-/// `dst (+)= lhs · rhs` on every core: the rows of `dst` (and `lhs`) split
-/// in halves, recursively, one part per core, each a one-core faer
-/// product, joined through rayon. faer's own parallel product
-/// (`Par::rayon`) synchronizes its threads at barriers inside the product;
-/// on the two-layer net's small products its waiting (`sched_yield`, futex
-/// wake-ups) took about a tenth of the step, and splitting the rows made
-/// the step 8-10% faster (BENCHMARKS.md, "Eighth round").
-fn product(dst: MatMut<'_, f32>, accum: Accum, lhs: MatRef<'_, f32>, rhs: MatRef<'_, f32>) {
-    split_product(dst, accum, lhs, rhs, rayon::current_num_threads());
+/// Multiply-adds below which a layer's product runs on the calling core:
+/// waking another costs more than it saves (the two-layer net's second
+/// layer, 256 x 100 x 10, is a tenth of this).
+const SERIAL_WORK: usize = 1 << 20;
+
+/// `work(rows, first)` for consecutive ranges of the rows of `out` (row-major,
+/// `width` wide), one range per core: the rows split in halves, recursively,
+/// at multiples of 16, joined through rayon; `first` is the range's first
+/// row. Each range runs one-core faer products (and the tail columns of
+/// [`tiled_columns`]) on its rows, while they are in its cache.
+///
+/// faer's own parallel product (`Par::rayon`) synchronizes its threads at
+/// barriers inside the product; on the two-layer net's small products its
+/// waiting (`sched_yield`, futex wake-ups) took about a tenth of the step,
+/// and splitting the rows made the step 8-10% faster (BENCHMARKS.md, "Eighth
+/// round"). `work_size` (multiply-adds) below [`SERIAL_WORK`] keeps it all
+/// on the calling core.
+fn split_rows(
+    out: &mut [f32],
+    width: usize,
+    work_size: usize,
+    work: &(impl Fn(&mut [f32], usize) + Sync),
+) {
+    let parts = if work_size < SERIAL_WORK {
+        1
+    } else {
+        rayon::current_num_threads()
+    };
+    split_rows_in(out, width, parts, 0, work);
 }
 
-fn split_product(
-    dst: MatMut<'_, f32>,
-    accum: Accum,
-    lhs: MatRef<'_, f32>,
-    rhs: MatRef<'_, f32>,
+fn split_rows_in(
+    out: &mut [f32],
+    width: usize,
     parts: usize,
+    first: usize,
+    work: &(impl Fn(&mut [f32], usize) + Sync),
 ) {
-    let rows = dst.nrows();
+    let rows = out.len() / width.max(1);
     if parts <= 1 || rows < 32 {
-        matmul(dst, accum, lhs, rhs, 1.0, Par::Seq);
+        work(out, first);
         return;
     }
     let mid = (rows / 2).next_multiple_of(16).min(rows);
-    let (top, bottom) = dst.split_at_row_mut(mid);
-    let (lhs_top, lhs_bottom) = lhs.split_at_row(mid);
+    let (top, bottom) = out.split_at_mut(mid * width);
     rayon::join(
-        || split_product(top, accum, lhs_top, rhs, parts / 2),
-        || split_product(bottom, accum, lhs_bottom, rhs, parts - parts / 2),
+        || split_rows_in(top, width, parts / 2, first, work),
+        || split_rows_in(bottom, width, parts - parts / 2, first + mid, work),
     );
+}
+
+/// `dst (+)= lhs · rhs` on the calling core.
+fn product(dst: MatMut<'_, f32>, accum: Accum, lhs: MatRef<'_, f32>, rhs: MatRef<'_, f32>) {
+    matmul(dst, accum, lhs, rhs, 1.0, Par::Seq);
 }
 
 fn forward(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>) -> FlexTensor {
@@ -134,15 +158,28 @@ fn forward(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>) -> FlexT
     };
     let (x_values, w_values): (&[f32], &[f32]) = (x.storage(), weight.storage());
     let tiled = tiled_columns(o);
-    product(
-        MatMut::from_row_major_slice_mut(&mut out, n, o).subcols_mut(0, tiled),
-        accum,
-        row_major(&x, n, i),
-        row_major(&weight, i, o).subcols(0, tiled),
-    );
-    if tiled < o {
-        remaining_output(x_values, w_values, &mut out, (i, o), tiled);
-    }
+    let tail = (tiled < o).then(|| tail_columns(w_values, (i, o), tiled));
+    let arch = pulp::Arch::new();
+    split_rows(&mut out, o, n * i * o, &|out, first| {
+        let rows = out.len() / o;
+        let x_rows = &x_values[first * i..(first + rows) * i];
+        product(
+            MatMut::from_row_major_slice_mut(out, rows, o).subcols_mut(0, tiled),
+            accum,
+            MatRef::from_row_major_slice(x_rows, rows, i),
+            row_major(&weight, i, o).subcols(0, tiled),
+        );
+        if let Some(columns) = &tail {
+            arch.dispatch(TailOutput {
+                x: x_rows,
+                columns,
+                out,
+                i,
+                o,
+                tiled,
+            });
+        }
+    });
     tensor(out, &[n, o])
 }
 
@@ -172,32 +209,49 @@ fn backward(
     let (n, i) = (x.layout().shape()[0], x.layout().shape()[1]);
     let o = weight.layout().shape()[1];
     let dy = row_major(&grad, n, o);
-    // dW = xᵀ · dY
-    let mut dw = crate::zeros(i * o);
     let tiled = tiled_columns(o);
-    product(
-        MatMut::from_row_major_slice_mut(&mut dw, i, o).subcols_mut(0, tiled),
-        Accum::Replace,
-        row_major(&x, n, i).transpose(),
-        dy.subcols(0, tiled),
-    );
-    if tiled < o {
-        remaining_weight_gradient(x.storage(), grad.storage(), &mut dw, (n, i, o), tiled);
-    }
+    // dW = xᵀ · dY, split over the inputs (dW's rows)
+    let mut dw = crate::zeros(i * o);
+    let dy_tail = (tiled < o).then(|| padded_tail(grad.storage(), (n, o), tiled));
+    let x_values: &[f32] = x.storage();
+    let arch = pulp::Arch::new();
+    split_rows(&mut dw, o, n * i * o, &|dw, first| {
+        let rows = dw.len() / o;
+        product(
+            MatMut::from_row_major_slice_mut(dw, rows, o).subcols_mut(0, tiled),
+            Accum::Replace,
+            row_major(&x, n, i).transpose().subrows(first, rows),
+            dy.subcols(0, tiled),
+        );
+        if let Some(dy_tail) = &dy_tail {
+            arch.dispatch(TailWeightGradient {
+                x: x_values,
+                dy: dy_tail,
+                dw,
+                first,
+                shape: (n, i, o),
+                tiled,
+            });
+        }
+    });
     // db = Σ over the batch of dY's rows
     let mut db = vec![0f32; o];
     for row in grad.storage::<f32>().chunks_exact(o) {
         db.iter_mut().zip(row).for_each(|(b, &g)| *b += g);
     }
-    // dx = dY · Wᵀ
+    // dx = dY · Wᵀ, split over the batch
     let dx = input_grad.then(|| {
         let mut dx = crate::zeros(n * i);
-        product(
-            MatMut::from_row_major_slice_mut(&mut dx, n, i),
-            Accum::Replace,
-            dy,
-            row_major(&weight, i, o).transpose(),
-        );
+        let weight_t = row_major(&weight, i, o).transpose();
+        split_rows(&mut dx, i, n * i * o, &|dx, first| {
+            let rows = dx.len() / i;
+            product(
+                MatMut::from_row_major_slice_mut(dx, rows, i),
+                Accum::Replace,
+                dy.subrows(first, rows),
+                weight_t,
+            );
+        });
         tensor(dx, &[n, i])
     });
     (dx, tensor(dw, &[i, o]), tensor(db, &[o]))
@@ -215,57 +269,63 @@ const TAIL_GROUP: usize = 4;
 /// time).
 const TAIL_BLOCK: usize = 4;
 
-/// `out[:, tiled..] += x · W[:, tiled..]`, the output columns that
-/// [`tiled_columns`] leaves out, as dot products of the rows of `x` with
-/// those columns of `W` (copied out as rows, zero-padded to a multiple of
-/// [`TAIL_GROUP`]). Each pass reads [`TAIL_BLOCK`] rows and a group of
+/// `out[:, tiled..] += x · W[:, tiled..]` for some rows of `x` and `out`:
+/// the output columns that [`tiled_columns`] leaves out, as dot products of
+/// the rows of `x` with those columns of `W` (copied out as rows by
+/// [`tail_columns`]). Each pass reads [`TAIL_BLOCK`] rows and a group of
 /// columns, and keeps their 16 sums in registers: a product that loads two
 /// values per multiply-add (one row, one column) was bound by the loads.
-fn remaining_output(x: &[f32], w: &[f32], out: &mut [f32], (i, o): (usize, usize), tiled: usize) {
-    struct Rows<'a> {
-        x: &'a [f32],
-        columns: &'a [f32],
-        out: &'a mut [f32],
-        i: usize,
-        o: usize,
-        tiled: usize,
-    }
-    impl pulp::WithSimd for Rows<'_> {
-        type Output = ();
-        #[inline(always)]
-        fn with_simd<S: pulp::Simd>(self, simd: S) {
-            let (i, o, tiled) = (self.i, self.o, self.tiled);
-            let rows = self.x.len() / i;
-            let mut first = 0;
-            while first < rows {
-                let block = if rows - first >= TAIL_BLOCK {
-                    TAIL_BLOCK
-                } else {
-                    1
-                };
-                for (g, columns) in self.columns.chunks_exact(TAIL_GROUP * i).enumerate() {
-                    let columns: [&[f32]; TAIL_GROUP] =
-                        std::array::from_fn(|c| &columns[c * i..(c + 1) * i]);
-                    let row = |r: usize| &self.x[(first + r) * i..(first + r + 1) * i];
-                    let used = (o - tiled - g * TAIL_GROUP).min(TAIL_GROUP);
-                    let mut add = |r: usize, sums: [f32; TAIL_GROUP]| {
-                        let at = (first + r) * o + tiled + g * TAIL_GROUP;
-                        for (value, sum) in self.out[at..at + used].iter_mut().zip(sums) {
-                            *value += sum;
-                        }
-                    };
-                    if block == TAIL_BLOCK {
-                        let sums =
-                            block_dots::<S, TAIL_BLOCK>(simd, std::array::from_fn(row), columns);
-                        sums.into_iter().enumerate().for_each(|(r, s)| add(r, s));
-                    } else {
-                        add(0, block_dots::<S, 1>(simd, [row(0)], columns)[0]);
+struct TailOutput<'a> {
+    /// Rows of the input, `[rows, i]`.
+    x: &'a [f32],
+    /// From [`tail_columns`].
+    columns: &'a [f32],
+    /// The same rows of the output, `[rows, o]`.
+    out: &'a mut [f32],
+    i: usize,
+    o: usize,
+    tiled: usize,
+}
+
+impl pulp::WithSimd for TailOutput<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        let (i, o, tiled) = (self.i, self.o, self.tiled);
+        let rows = self.x.len() / i;
+        let mut first = 0;
+        while first < rows {
+            let block = if rows - first >= TAIL_BLOCK {
+                TAIL_BLOCK
+            } else {
+                1
+            };
+            for (g, columns) in self.columns.chunks_exact(TAIL_GROUP * i).enumerate() {
+                let columns: [&[f32]; TAIL_GROUP] =
+                    std::array::from_fn(|c| &columns[c * i..(c + 1) * i]);
+                let row = |r: usize| &self.x[(first + r) * i..(first + r + 1) * i];
+                let used = (o - tiled - g * TAIL_GROUP).min(TAIL_GROUP);
+                let mut add = |r: usize, sums: [f32; TAIL_GROUP]| {
+                    let at = (first + r) * o + tiled + g * TAIL_GROUP;
+                    for (value, sum) in self.out[at..at + used].iter_mut().zip(sums) {
+                        *value += sum;
                     }
+                };
+                if block == TAIL_BLOCK {
+                    let sums = block_dots::<S, TAIL_BLOCK>(simd, std::array::from_fn(row), columns);
+                    sums.into_iter().enumerate().for_each(|(r, s)| add(r, s));
+                } else {
+                    add(0, block_dots::<S, 1>(simd, [row(0)], columns)[0]);
                 }
-                first += block;
             }
+            first += block;
         }
     }
+}
+
+/// The columns of `w` (`[i, o]`) from `tiled` on, each as a row, zero rows
+/// added up to a multiple of [`TAIL_GROUP`].
+fn tail_columns(w: &[f32], (i, o): (usize, usize), tiled: usize) -> Vec<f32> {
     let groups = (o - tiled).div_ceil(TAIL_GROUP);
     let mut columns = vec![0f32; groups * TAIL_GROUP * i];
     for (c, column) in (tiled..o).zip(columns.chunks_exact_mut(i)) {
@@ -273,20 +333,7 @@ fn remaining_output(x: &[f32], w: &[f32], out: &mut [f32], (i, o): (usize, usize
             *to = from;
         }
     }
-    const ROWS: usize = 16;
-    let arch = pulp::Arch::new();
-    out.par_chunks_mut(ROWS * o)
-        .zip(x.par_chunks(ROWS * i))
-        .for_each(|(out, x)| {
-            arch.dispatch(Rows {
-                x,
-                columns: &columns,
-                out,
-                i,
-                o,
-                tiled,
-            });
-        });
+    columns
 }
 
 /// The `R x TAIL_GROUP` dot products of `R` rows with a group of columns, all
@@ -321,97 +368,83 @@ fn block_dots<S: pulp::Simd, const R: usize>(
     dots
 }
 
-/// `dW[:, tiled..] = xᵀ · dY[:, tiled..]`, the weight gradient's columns that
-/// [`tiled_columns`] leaves out, as sums over the batch of `dY[b, c] · x[b]`.
-/// Each task takes a range of inputs; each pass over the batch keeps the
-/// sums of [`TAIL_BLOCK`] vectors of inputs for a group of columns in
-/// registers (the gradient columns zero-padded to a multiple of
-/// [`TAIL_GROUP`]).
-fn remaining_weight_gradient(
-    x: &[f32],
-    dy: &[f32],
-    dw: &mut [f32],
-    (n, i, o): (usize, usize, usize),
+/// `dW[first.., tiled..] = xᵀ · dY[:, tiled..]` for some rows of `dW` (a
+/// range of inputs): the weight gradient's columns that [`tiled_columns`]
+/// leaves out, as sums over the batch of `dY[b, c] · x[b]`. Each pass over
+/// the batch keeps the sums of [`TAIL_BLOCK`] vectors of inputs for a group
+/// of columns in registers.
+struct TailWeightGradient<'a> {
+    /// The whole input, `[n, i]`.
+    x: &'a [f32],
+    /// `dY`'s tail columns, from [`padded_tail`].
+    dy: &'a [f32],
+    /// Rows `first..` of the weight gradient, `[rows, o]`.
+    dw: &'a mut [f32],
+    first: usize,
+    shape: (usize, usize, usize),
     tiled: usize,
-) {
-    struct Inputs<'a> {
-        x: &'a [f32],
-        /// `dY`'s tail columns, padded, row by row: `[N, groups·TAIL_GROUP]`.
-        dy: &'a [f32],
-        dw: &'a mut [f32],
-        first: usize,
-        shape: (usize, usize, usize),
-        tiled: usize,
-    }
-    impl pulp::WithSimd for Inputs<'_> {
-        type Output = ();
-        #[inline(always)]
-        fn with_simd<S: pulp::Simd>(self, simd: S) {
-            let lanes = std::mem::size_of::<S::f32s>() / std::mem::size_of::<f32>();
-            let wide = TAIL_BLOCK * lanes;
-            let (n, i, o) = self.shape;
-            let padded = self.dy.len() / n;
-            let width = self.dw.len() / o;
-            let rows = || self.x.chunks_exact(i).zip(self.dy.chunks_exact(padded));
-            for g in 0..padded / TAIL_GROUP {
-                let used = (o - self.tiled - g * TAIL_GROUP).min(TAIL_GROUP);
-                let column = |c: usize| self.tiled + g * TAIL_GROUP + c;
-                let mut k = 0;
-                while k + wide <= width {
-                    let from = self.first + k;
-                    let mut sums = [[simd.splat_f32s(0.0); TAIL_BLOCK]; TAIL_GROUP];
-                    for (x_row, dy_row) in rows() {
-                        let x = S::as_simd_f32s(&x_row[from..from + wide]).0;
-                        for (c, sums) in sums.iter_mut().enumerate() {
-                            let g_value = simd.splat_f32s(dy_row[g * TAIL_GROUP + c]);
-                            for (sum, &x) in sums.iter_mut().zip(x) {
-                                *sum = simd.mul_add_e_f32s(g_value, x, *sum);
-                            }
+}
+
+impl pulp::WithSimd for TailWeightGradient<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        let lanes = std::mem::size_of::<S::f32s>() / std::mem::size_of::<f32>();
+        let wide = TAIL_BLOCK * lanes;
+        let (n, i, o) = self.shape;
+        let padded = self.dy.len() / n;
+        let width = self.dw.len() / o;
+        let rows = || self.x.chunks_exact(i).zip(self.dy.chunks_exact(padded));
+        for g in 0..padded / TAIL_GROUP {
+            let used = (o - self.tiled - g * TAIL_GROUP).min(TAIL_GROUP);
+            let column = |c: usize| self.tiled + g * TAIL_GROUP + c;
+            let mut k = 0;
+            while k + wide <= width {
+                let from = self.first + k;
+                let mut sums = [[simd.splat_f32s(0.0); TAIL_BLOCK]; TAIL_GROUP];
+                for (x_row, dy_row) in rows() {
+                    let x = S::as_simd_f32s(&x_row[from..from + wide]).0;
+                    for (c, sums) in sums.iter_mut().enumerate() {
+                        let g_value = simd.splat_f32s(dy_row[g * TAIL_GROUP + c]);
+                        for (sum, &x) in sums.iter_mut().zip(x) {
+                            *sum = simd.mul_add_e_f32s(g_value, x, *sum);
                         }
                     }
-                    for (c, sums) in sums.iter().enumerate().take(used) {
-                        let mut values = vec![0f32; wide];
-                        for (to, &sum) in values.chunks_exact_mut(lanes).zip(sums) {
-                            simd.partial_store_f32s(to, sum);
-                        }
-                        for (l, value) in values.into_iter().enumerate() {
-                            self.dw[(k + l) * o + column(c)] = value;
-                        }
-                    }
-                    k += wide;
                 }
-                for k in k..width {
-                    for c in 0..used {
-                        let sum = rows()
-                            .map(|(x_row, dy_row)| {
-                                dy_row[g * TAIL_GROUP + c] * x_row[self.first + k]
-                            })
-                            .sum();
-                        self.dw[k * o + column(c)] = sum;
+                for (c, sums) in sums.iter().enumerate().take(used) {
+                    // Room for 4 vectors of AVX-512's 16 lanes, the widest.
+                    let mut values = [0f32; TAIL_BLOCK * 16];
+                    let values = &mut values[..wide];
+                    for (to, &sum) in values.chunks_exact_mut(lanes).zip(sums) {
+                        simd.partial_store_f32s(to, sum);
                     }
+                    for (l, &value) in values.iter().enumerate() {
+                        self.dw[(k + l) * o + column(c)] = value;
+                    }
+                }
+                k += wide;
+            }
+            for k in k..width {
+                for c in 0..used {
+                    let sum = rows()
+                        .map(|(x_row, dy_row)| dy_row[g * TAIL_GROUP + c] * x_row[self.first + k])
+                        .sum();
+                    self.dw[k * o + column(c)] = sum;
                 }
             }
         }
     }
+}
+
+/// The columns of `dy` (`[n, o]`) from `tiled` on, row by row, each row
+/// zero-padded to a multiple of [`TAIL_GROUP`].
+fn padded_tail(dy: &[f32], (n, o): (usize, usize), tiled: usize) -> Vec<f32> {
     let padded = (o - tiled).div_ceil(TAIL_GROUP) * TAIL_GROUP;
-    let mut dy_tail = vec![0f32; n * padded];
-    for (to, from) in dy_tail.chunks_exact_mut(padded).zip(dy.chunks_exact(o)) {
+    let mut tail = vec![0f32; n * padded];
+    for (to, from) in tail.chunks_exact_mut(padded).zip(dy.chunks_exact(o)) {
         to[..o - tiled].copy_from_slice(&from[tiled..]);
     }
-    const INPUTS: usize = 256;
-    let arch = pulp::Arch::new();
-    dw.par_chunks_mut(INPUTS * o)
-        .enumerate()
-        .for_each(|(chunk, dw_rows)| {
-            arch.dispatch(Inputs {
-                x,
-                dy: &dy_tail,
-                dw: dw_rows,
-                first: chunk * INPUTS,
-                shape: (n, i, o),
-                tiled,
-            });
-        });
+    tail
 }
 
 impl LinearKernels for Flex {
@@ -609,6 +642,9 @@ mod tests {
         // The two-layer net's shapes, odd sizes, a batch of one, no bias.
         check(&device, 256, 3072, 100, true, false);
         check(&device, 256, 100, 10, true, true);
+        // Split across the cores (over SERIAL_WORK multiply-adds) at rows
+        // that are not halves, with tail columns and an input gradient.
+        check(&device, 300, 700, 20, true, true);
         // Outputs past a multiple of 16, left to the dot products and sums
         // (1 and 15 columns of them, across several tasks' ranges).
         check(&device, 37, 600, 33, true, true);
