@@ -42,6 +42,7 @@ pub mod progress;
 pub mod report;
 pub mod rundir;
 pub mod search;
+pub mod threads;
 pub mod trainer;
 
 pub use callbacks::{Callback, EpochSummary};

@@ -29,7 +29,7 @@ fn main() {
         default_hook(info);
     }));
     let cli = Cli::parse();
-    let result = match &cli.command {
+    let result = cifar_train::threads::run_on_compute_threads(|| match &cli.command {
         Command::Fit(args) => commands::fit_command(args),
         Command::Check(args) => commands::check_command(args),
         Command::LrFind(args) => commands::lr_find_command(args),
@@ -40,7 +40,7 @@ fn main() {
         Command::Data(args) => commands::data_command(args),
         Command::InitStats(args) => commands::init_stats_command(args),
         Command::Bench(args) => commands::bench_command(args),
-    };
+    });
     if let Err(err) = result {
         eprintln!("error: {err:#}");
         std::process::exit(1);
