@@ -499,49 +499,56 @@ fn shifted_forward(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, g: &Geometry) -
     for (k, &weight) in ws.iter().enumerate() {
         per_product[s.product_index(co, k)] = weight;
     }
-    let mut out = crate::zeros(g.batch * co * h * w);
-    out.par_chunks_mut(co * h * w)
-        .zip(xs.par_chunks(c * h * w))
-        .for_each_init(
-            || (vec![0f32; s.buffer_len()], vec![0f32; co * wide]),
-            |(padded, wide_out), (out, image)| {
-                s.pad(image, padded);
-                if let Some(b) = bias {
-                    for (row, &bv) in wide_out.chunks_exact_mut(wide).zip(b) {
-                        row.fill(bv);
-                    }
-                }
-                for p in 0..s.products() {
-                    let accum = if p == 0 && bias.is_none() {
-                        Accum::Replace
-                    } else {
-                        Accum::Add
-                    };
-                    matmul(
-                        row_major_mut(wide_out, co, wide),
-                        accum,
-                        row_major(
-                            &per_product[p * co * depth..(p + 1) * co * depth],
-                            co,
-                            depth,
-                        ),
-                        s.view(padded, p),
-                        1.0,
-                        Par::Seq,
-                    );
-                }
-                for (plane, wide_plane) in
-                    out.chunks_exact_mut(h * w).zip(wide_out.chunks_exact(wide))
-                {
-                    for (row, wide_row) in plane
-                        .chunks_exact_mut(w)
-                        .zip(wide_plane.chunks_exact(s.row))
-                    {
-                        row.copy_from_slice(&wide_row[..w]);
-                    }
-                }
-            },
-        );
+    #[allow(unsafe_code)]
+    // SAFETY: `out` holds `batch` images of `co` planes of `h` rows of `w`
+    // values; each image is written in full, row by row, from its padded
+    // product (`h` rows of `w` values kept of each of `co` planes).
+    let out = unsafe {
+        crate::written(g.batch * co * h * w, |out| {
+            out.par_chunks_mut(co * h * w)
+                .zip(xs.par_chunks(c * h * w))
+                .for_each_init(
+                    || (vec![0f32; s.buffer_len()], vec![0f32; co * wide]),
+                    |(padded, wide_out), (out, image)| {
+                        s.pad(image, padded);
+                        if let Some(b) = bias {
+                            for (row, &bv) in wide_out.chunks_exact_mut(wide).zip(b) {
+                                row.fill(bv);
+                            }
+                        }
+                        for p in 0..s.products() {
+                            let accum = if p == 0 && bias.is_none() {
+                                Accum::Replace
+                            } else {
+                                Accum::Add
+                            };
+                            matmul(
+                                row_major_mut(wide_out, co, wide),
+                                accum,
+                                row_major(
+                                    &per_product[p * co * depth..(p + 1) * co * depth],
+                                    co,
+                                    depth,
+                                ),
+                                s.view(padded, p),
+                                1.0,
+                                Par::Seq,
+                            );
+                        }
+                        for (plane, wide_plane) in
+                            out.chunks_exact_mut(h * w).zip(wide_out.chunks_exact(wide))
+                        {
+                            for (row, wide_row) in plane
+                                .chunks_exact_mut(w)
+                                .zip(wide_plane.chunks_exact(s.row))
+                            {
+                                row.write_copy_of_slice(&wide_row[..w]);
+                            }
+                        }
+                    },
+                )
+        })
+    };
     out
 }
 

@@ -123,6 +123,29 @@ fn zeros<T: Copy + Default + Send + Sync>(n: usize) -> Vec<T> {
     values
 }
 
+/// `n` values written in full by `write`, into a buffer that is not zeroed
+/// first.
+///
+/// An output computed value by value from its inputs (batch norm's, a
+/// shifted convolution's copy-out) was written twice with [`zeros`]: once
+/// with zeros, once with its values. On VGG the zeroing of those buffers
+/// was about 4% of a step, all of it memory traffic (BENCHMARKS.md, "Ninth
+/// round").
+///
+/// # Safety
+///
+/// `write` must initialize every one of the `n` values it is given
+/// (`MaybeUninit::write`, `write_copy_of_slice`) before it returns. When it
+/// panics instead, nothing is read: the buffer is freed as empty.
+#[allow(unsafe_code)]
+unsafe fn written<T>(n: usize, write: impl FnOnce(&mut [std::mem::MaybeUninit<T>])) -> Vec<T> {
+    let mut values = Vec::with_capacity(n);
+    write(&mut values.spare_capacity_mut()[..n]);
+    // SAFETY: the first `n` values are initialized: the caller's promise.
+    unsafe { values.set_len(n) };
+    values
+}
+
 /// A layer whose backward pass yields its input, weight and bias gradients
 /// from what it saved of the forward pass: the convolution and the linear
 /// layer. [`WithBias`] and [`NoBias`] turn one into Burn's `Backward` for

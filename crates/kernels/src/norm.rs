@@ -171,14 +171,22 @@ impl NormKernels for Flex {
         let shift: Vec<f32> = (0..c)
             .map(|ch| (beta[ch] as f64 - mean[ch] * scale[ch] as f64) as f32)
             .collect();
-        let mut out = crate::zeros(data.len());
-        out.par_chunks_mut(plane)
-            .zip(data.par_chunks(plane))
-            .enumerate()
-            .for_each(|(p, (o, x))| {
-                let (s, t) = (scale[p % c], shift[p % c]);
-                o.iter_mut().zip(x).for_each(|(o, &x)| *o = x * s + t);
-            });
+        #[allow(unsafe_code)]
+        // SAFETY: `out` has `data`'s length; each of its planes is written
+        // in full from the plane of `data` beside it.
+        let out = unsafe {
+            crate::written(data.len(), |out| {
+                out.par_chunks_mut(plane)
+                    .zip(data.par_chunks(plane))
+                    .enumerate()
+                    .for_each(|(p, (o, x))| {
+                        let (s, t) = (scale[p % c], shift[p % c]);
+                        o.iter_mut().zip(x).for_each(|(o, &x)| {
+                            o.write(x * s + t);
+                        });
+                    })
+            })
+        };
         let stat = |v: Vec<f64>| tensor(v.into_iter().map(|v| v as f32).collect(), &[c]);
         (tensor(out, shape.as_slice()), stat(mean), stat(variance))
     }
@@ -216,22 +224,28 @@ impl NormKernels for Flex {
         .collect();
         // dx = γ/σ (dy - Σdy/M - x̂ Σ(dy x̂)/M), per channel an affine
         // function of dy and x: dx = a dy - b x + t.
-        let mut dx = crate::zeros(xs.len());
-        dx.par_chunks_mut(plane)
-            .zip(xs.par_chunks(plane).zip(dy.par_chunks(plane)))
-            .enumerate()
-            .for_each(|(p, (o, (x, g)))| {
-                let ch = p % c;
-                let (mu, is) = (mean[ch] as f64, inv_std[ch]);
-                let k = gamma[ch] as f64 * is;
-                let (mean_dy, mean_dy_xhat) = (sums[ch].0 / m, sums[ch].1 / m);
-                let b = k * is * mean_dy_xhat;
-                let (a, t) = (k as f32, (b * mu - k * mean_dy) as f32);
-                let b = b as f32;
-                for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-                    *o = a * g - b * x + t;
-                }
-            });
+        #[allow(unsafe_code)]
+        // SAFETY: `dx` has the length of `xs` and `dy` (one shape); each of
+        // its planes is written in full from the planes beside it.
+        let dx = unsafe {
+            crate::written(xs.len(), |dx| {
+                dx.par_chunks_mut(plane)
+                    .zip(xs.par_chunks(plane).zip(dy.par_chunks(plane)))
+                    .enumerate()
+                    .for_each(|(p, (o, (x, g)))| {
+                        let ch = p % c;
+                        let (mu, is) = (mean[ch] as f64, inv_std[ch]);
+                        let k = gamma[ch] as f64 * is;
+                        let (mean_dy, mean_dy_xhat) = (sums[ch].0 / m, sums[ch].1 / m);
+                        let b = k * is * mean_dy_xhat;
+                        let (a, t) = (k as f32, (b * mu - k * mean_dy) as f32);
+                        let b = b as f32;
+                        for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+                            o.write(a * g - b * x + t);
+                        }
+                    })
+            })
+        };
         let dgamma = sums.iter().map(|s| s.1 as f32).collect();
         let dbeta = sums.iter().map(|s| s.0 as f32).collect();
         (
