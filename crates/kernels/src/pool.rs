@@ -14,6 +14,7 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// 2x2 max pooling, stride 2, as a backend extension.
 #[backend_extension(Flex, Autodiff)]
@@ -51,13 +52,7 @@ fn pool(x: FlexTensor, with_indices: bool) -> (FlexTensor, Option<FlexTensor>) {
     let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
     let (oh, ow) = (h / 2, w / 2);
     let src: &[f32] = x.storage();
-    let mut out = crate::zeros(n * c * oh * ow);
-    let mut idx = if with_indices {
-        crate::zeros::<i64>(n * c * oh * ow)
-    } else {
-        Vec::new()
-    };
-    let plane = |p: usize, out: &mut [f32], idx: &mut [i64]| {
+    let plane = |p: usize, out: &mut [MaybeUninit<f32>], idx: &mut [MaybeUninit<i64>]| {
         let s = &src[p * h * w..(p + 1) * h * w];
         for (y, (rows, out_row)) in s
             .chunks_exact(2 * w)
@@ -81,7 +76,7 @@ fn pool(x: FlexTensor, with_indices: bool) -> (FlexTensor, Option<FlexTensor>) {
                     .zip(bottom.chunks_exact(2))
                 {
                     let m = pick(pick(pick((t[0], 0), t[1], 1), b[0], 2), b[1], 3);
-                    *o = m.0;
+                    o.write(m.0);
                 }
             } else {
                 let idx_row = &mut idx[y * ow..(y + 1) * ow];
@@ -93,9 +88,9 @@ fn pool(x: FlexTensor, with_indices: bool) -> (FlexTensor, Option<FlexTensor>) {
                     .enumerate()
                 {
                     let (v, k) = pick(pick(pick((t[0], 0), t[1], 1), b[0], 2), b[1], 3);
-                    *o = v;
+                    o.write(v);
                     let (dy, dx) = (k / 2, k % 2);
-                    *i = ((2 * y + dy) * w + 2 * x + dx) as i64;
+                    i.write(((2 * y + dy) * w + 2 * x + dx) as i64);
                 }
             }
         }
@@ -105,26 +100,38 @@ fn pool(x: FlexTensor, with_indices: bool) -> (FlexTensor, Option<FlexTensor>) {
     let per_plane = oh * ow;
     let planes = (16384 / per_plane.max(1)).max(1);
     let task = per_plane * planes;
-    if with_indices {
-        out.par_chunks_mut(task)
-            .zip(idx.par_chunks_mut(task))
-            .enumerate()
-            .for_each(|(t, (o, i))| {
-                for (k, (o, i)) in o
-                    .chunks_mut(per_plane)
-                    .zip(i.chunks_mut(per_plane))
-                    .enumerate()
-                {
-                    plane(t * planes + k, o, i);
-                }
-            });
-    } else {
-        out.par_chunks_mut(task).enumerate().for_each(|(t, o)| {
-            for (k, o) in o.chunks_mut(per_plane).enumerate() {
-                plane(t * planes + k, o, &mut []);
+    let len = n * c * per_plane;
+    let mut idx = Vec::new();
+    #[allow(unsafe_code)]
+    // SAFETY: `out` (and `idx`) hold `n·c` planes of `oh` rows of `ow`
+    // values; `plane` writes every row of its plane in full, one value (and
+    // index) per window, and the tasks' chunks cover all planes.
+    let out = unsafe {
+        crate::written(len, |out| {
+            if with_indices {
+                idx = crate::written(len, |idx| {
+                    out.par_chunks_mut(task)
+                        .zip(idx.par_chunks_mut(task))
+                        .enumerate()
+                        .for_each(|(t, (o, i))| {
+                            for (k, (o, i)) in o
+                                .chunks_mut(per_plane)
+                                .zip(i.chunks_mut(per_plane))
+                                .enumerate()
+                            {
+                                plane(t * planes + k, o, i);
+                            }
+                        })
+                });
+            } else {
+                out.par_chunks_mut(task).enumerate().for_each(|(t, o)| {
+                    for (k, o) in o.chunks_mut(per_plane).enumerate() {
+                        plane(t * planes + k, o, &mut []);
+                    }
+                });
             }
-        });
-    }
+        })
+    };
     let dims = [n, c, oh, ow];
     let output = FlexTensor::from_data(TensorData::new(out, dims));
     let indices = with_indices.then(|| FlexTensor::from_data(TensorData::new(idx, dims)));
