@@ -16,7 +16,7 @@
 //!   pulled back to every few steps (the fast recipe's).
 //! - [`allocator`]: the memory allocator's setting for training.
 //! - [`config`], [`dataset`], [`evaluate`], [`rundir`], [`backend`],
-//!   [`params`], [`bench`]: configuration, data, evaluation, the run folder,
+//!   [`params`], [`bench`](mod@bench): configuration, data, evaluation, the run folder,
 //!   devices, named parameters and benchmarks.
 //!
 //! The binary (`src/bin/train`) parses the command line and calls into this
