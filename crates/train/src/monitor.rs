@@ -575,8 +575,6 @@ pub struct RatioHistory {
     pub equilibrium: Vec<(usize, f64)>,
 }
 
-/// The rows of a `layers.csv` text up to step `iteration` (1-based rows),
-/// and the weights' update ratios among them.
 /// The units (columns of `[N, units]` row-major `values`) that are zero in
 /// every row. Read row by row: a unit at a time strides through memory.
 fn dead_units(values: &[f32], units: usize) -> usize {
@@ -589,6 +587,8 @@ fn dead_units(values: &[f32], units: usize) -> usize {
     alive.iter().filter(|&&a| !a).count()
 }
 
+/// The rows of a `layers.csv` text up to step `iteration` (1-based rows),
+/// and the weights' update ratios among them.
 fn parse_layers_csv(text: &str, iteration: usize) -> (String, RatioHistory) {
     let mut kept = format!("{LAYERS_HEADER}\n");
     let mut history = RatioHistory::default();
