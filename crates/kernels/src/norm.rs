@@ -87,7 +87,7 @@ fn values(t: &FlexTensor) -> Vec<f32> {
     t.to_contiguous().storage::<f32>().to_vec()
 }
 
-/// Per-channel sums over `[N, C, plane]` data of `len` (`N·C·plane`) values:
+/// Per-channel sums over `[N, C, plane]` data of `images` (`N`) images:
 /// `f(channel, start)` for each of the channel's `N` planes, where `start` is
 /// the plane's first index, added in f64 (one plane's sum is in f32).
 ///
@@ -98,12 +98,11 @@ fn values(t: &FlexTensor) -> Vec<f32> {
 /// net's 32x32 maps: a plane is one 4 KiB page, where the hardware
 /// prefetcher stops.)
 fn channel_sums(
-    len: usize,
+    images: usize,
     channels: usize,
     plane: usize,
     f: impl Fn(usize, usize) -> (f32, f32) + Sync,
 ) -> Vec<(f64, f64)> {
-    let images = len / (channels * plane).max(1);
     let per_task = images.div_ceil(4 * rayon::current_num_threads()).max(1);
     let partial: Vec<Vec<(f64, f64)>> = (0..images.div_ceil(per_task))
         .into_par_iter()
@@ -149,15 +148,13 @@ impl NormKernels for Flex {
         let data: &[f32] = x.storage();
         let (gamma, beta) = (values(&gamma), values(&beta));
         let plane_at = |start: usize| &data[start..start + plane];
-        let mean: Vec<f64> = channel_sums(n * c * plane, c, plane, |_, at| {
-            (lane_sum(plane_at(at)), 0.0)
-        })
-        .into_iter()
-        .map(|s| s.0 / m)
-        .collect();
+        let mean: Vec<f64> = channel_sums(n, c, plane, |_, at| (lane_sum(plane_at(at)), 0.0))
+            .into_iter()
+            .map(|s| s.0 / m)
+            .collect();
         let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
         // Centered, in a second pass: no cancellation in E[x²] - E[x]².
-        let variance: Vec<f64> = channel_sums(n * c * plane, c, plane, |ch, at| {
+        let variance: Vec<f64> = channel_sums(n, c, plane, |ch, at| {
             let (p, mu) = (plane_at(at), mean32[ch]);
             lane_sums(p, p, |v, _| ((v - mu) * (v - mu), 0.0))
         })
@@ -213,7 +210,7 @@ impl NormKernels for Flex {
             .collect();
         // Per channel: Σ dy and Σ dy (x - μ), in one pass over both; then
         // Σ dy x̂ = Σ dy (x - μ) / σ.
-        let sums: Vec<(f64, f64)> = channel_sums(n * c * plane, c, plane, |ch, at| {
+        let sums: Vec<(f64, f64)> = channel_sums(n, c, plane, |ch, at| {
             let (x, g) = (&xs[at..at + plane], &dy[at..at + plane]);
             let mu = mean[ch];
             lane_sums(g, x, |g, x| (g, g * (x - mu)))
