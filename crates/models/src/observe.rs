@@ -97,20 +97,18 @@ impl ActivationStats {
         const LANES: usize = cifar_kernels::LANES;
         let (mut zeros, mut saturated) = ([0u32; LANES], [0u32; LANES]);
         let (mut min, mut max) = ([f32::INFINITY; LANES], [f32::NEG_INFINITY; LANES]);
-        let mut chunks = values.chunks_exact(LANES);
-        for chunk in &mut chunks {
+        // The last partial chunk is padded with NaN, which counts as neither
+        // zero nor saturated and which `min` and `max` pass over.
+        let (full, rest) = values.as_chunks::<LANES>();
+        let mut tail = [f32::NAN; LANES];
+        tail[..rest.len()].copy_from_slice(rest);
+        for chunk in full.iter().chain([&tail]) {
             for (l, &v) in chunk.iter().enumerate() {
                 zeros[l] += u32::from(v == 0.0);
                 saturated[l] += u32::from(v < lo || v > hi);
                 min[l] = min[l].min(v);
                 max[l] = max[l].max(v);
             }
-        }
-        for (l, &v) in chunks.remainder().iter().enumerate() {
-            zeros[l] += u32::from(v == 0.0);
-            saturated[l] += u32::from(v < lo || v > hi);
-            min[l] = min[l].min(v);
-            max[l] = max[l].max(v);
         }
         let count = |lanes: [u32; LANES]| lanes.iter().map(|&c| c as usize).sum::<usize>();
         let (zeros, saturated) = (count(zeros), count(saturated));
