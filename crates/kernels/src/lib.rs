@@ -4,7 +4,7 @@
 //! buffers, with an `Autodiff` implementation that records the backward pass.
 //!
 //! The public functions ([`conv2d`], [`linear`], [`max_pool_2x2`],
-//! [`batch_norm_train`], [`relu`], [`gelu`], [`sgd_momentum_step`]) take and return ordinary
+//! [`batch_norm_train`], [`batch_norm_relu_train`], [`relu`], [`gelu`], [`sgd_momentum_step`]) take and return ordinary
 //! tensors: on flex (plain or autodiff) they run the kernel, on every other
 //! backend Burn's own operation, so models stay portable and results agree.
 //!
@@ -45,19 +45,34 @@ pub const LANES: usize = 16;
 /// and its passes took 2-4 times as long).
 #[inline(always)]
 pub fn lane_sums(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f32, f32) {
-    assert_eq!(a.len(), b.len(), "summed slices' lengths");
+    lane_sums3(a, b, b, |a, b, _| f(a, b))
+}
+
+/// As [`lane_sums`], over three slices of the same length.
+#[inline(always)]
+pub fn lane_sums3(
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    f: impl Fn(f32, f32, f32) -> (f32, f32),
+) -> (f32, f32) {
+    assert!(
+        a.len() == b.len() && b.len() == c.len(),
+        "summed slices' lengths"
+    );
     let (mut first, mut second) = ([0f32; LANES], [0f32; LANES]);
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (a_rest, b_rest) = (a_chunks.remainder(), b_chunks.remainder());
-    for (a, b) in a_chunks.zip(b_chunks) {
+    let (a_chunks, b_chunks) = (a.as_chunks::<LANES>(), b.as_chunks::<LANES>());
+    let c_chunks = c.as_chunks::<LANES>();
+    for ((a, b), c) in a_chunks.0.iter().zip(b_chunks.0).zip(c_chunks.0) {
         for l in 0..LANES {
-            let (u, v) = f(a[l], b[l]);
+            let (u, v) = f(a[l], b[l], c[l]);
             first[l] += u;
             second[l] += v;
         }
     }
-    for (l, (&a, &b)) in a_rest.iter().zip(b_rest).enumerate() {
-        let (u, v) = f(a, b);
+    let rest = a_chunks.1.iter().zip(b_chunks.1).zip(c_chunks.1);
+    for (l, ((&a, &b), &c)) in rest.enumerate() {
+        let (u, v) = f(a, b, c);
         first[l] += u;
         second[l] += v;
     }
@@ -211,7 +226,7 @@ fn register_gradients<B: Backend, L: AffineBackward<B>>(
 pub use activation::{ActivationKernels, gelu, relu};
 pub use conv::{ConvKernels, conv2d};
 pub use linear::{LinearKernels, linear};
-pub use norm::{BatchNormTrained, NormKernels, batch_norm_train};
+pub use norm::{BatchNormTrained, NormKernels, batch_norm_relu_train, batch_norm_train};
 pub use pool::{PoolKernels, max_pool_2x2};
 pub use sgd::{SgdKernels, SgdStep, sgd_momentum_step};
 

@@ -2,6 +2,11 @@
 //! for the mean, one for the variance and one for the output, and two for
 //! the backward pass, where Burn's default composes a dozen tensor
 //! operations, each a pass over the activation and a fresh buffer.
+//!
+//! A ReLU right after it can join the same passes ([`batch_norm_relu_train`]):
+//! the output pass clamps at zero, and the backward passes read the output
+//! to know where the gradient flows, instead of a separate ReLU reading and
+//! writing the whole activation once forward and once backward.
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::tensor::FloatTensor;
@@ -14,26 +19,42 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::{lane_sum, lane_sums};
+use crate::{lane_sum, lane_sums, lane_sums3};
 
 /// Batch normalization with batch statistics, as a backend extension.
 #[backend_extension(Flex, Autodiff)]
 pub trait NormKernels: Backend {
-    /// The normalized output, and the per-channel mean and biased variance.
+    /// The normalized output (with ReLU applied when `relu`), and the
+    /// per-channel mean and biased variance.
     fn fused_batch_norm_train(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
+        relu: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
-    /// The gradients of the input, `gamma` and `beta`.
+    /// The gradients of the input, `gamma` and `beta`, from the gradient
+    /// `grad` of the output of a forward pass without `relu`.
     fn fused_batch_norm_train_backward(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         mean: FloatTensor<Self>,
         variance: FloatTensor<Self>,
         epsilon: f64,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// As [`fused_batch_norm_train_backward`](Self::fused_batch_norm_train_backward),
+    /// for a forward pass with `relu` whose output was `output`: the
+    /// gradient flows only where that output is positive.
+    fn fused_batch_norm_relu_train_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        output: FloatTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
@@ -61,12 +82,41 @@ pub fn batch_norm_train(
     beta: Tensor<1>,
     epsilon: f64,
 ) -> BatchNormTrained {
+    normalize(x, gamma, beta, epsilon, false)
+}
+
+/// Batch normalization of `x` with its batch statistics, then ReLU, in the
+/// same passes: the fused kernel on flex, Burn's `batch_norm_train` and
+/// `relu` elsewhere. The mean and variance are the batch's, before ReLU.
+///
+/// # Shapes
+///
+/// - `x`: `[N, C, H, W]`; `gamma`, `beta`: `[C]`
+/// - output: `[N, C, H, W]`; mean, variance: `[C]`
+pub fn batch_norm_relu_train(
+    x: Tensor<4>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+) -> BatchNormTrained {
+    normalize(x, gamma, beta, epsilon, true)
+}
+
+/// [`batch_norm_train`], followed by ReLU when `relu`.
+fn normalize(
+    x: Tensor<4>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+    relu: bool,
+) -> BatchNormTrained {
     if crate::on_flex(&x.device()) && x.dtype() == DType::F32 {
         let (output, mean, variance) = <Dispatch as NormKernels>::fused_batch_norm_train(
             x.into_dispatch(),
             gamma.into_dispatch(),
             beta.into_dispatch(),
             epsilon,
+            relu,
         );
         BatchNormTrained {
             output: Tensor::from_dispatch(output),
@@ -76,7 +126,10 @@ pub fn batch_norm_train(
     } else {
         let r = burn::tensor::module::batch_norm_train(x, gamma, beta, epsilon);
         BatchNormTrained {
-            output: r.output,
+            output: match relu {
+                true => burn::tensor::activation::relu(r.output),
+                false => r.output,
+            },
             mean: r.mean,
             variance: r.variance,
         }
@@ -133,12 +186,51 @@ fn tensor(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
 }
 
+/// One plane of the forward output: `x · s + t`, clamped at zero when
+/// `RELU` (a constant, so that each loop compiles without a branch).
+#[inline(always)]
+fn affine_plane<const RELU: bool>(
+    out: &mut [std::mem::MaybeUninit<f32>],
+    x: &[f32],
+    s: f32,
+    t: f32,
+) {
+    for (o, &x) in out.iter_mut().zip(x) {
+        let y = x * s + t;
+        o.write(if RELU { y.max(0.0) } else { y });
+    }
+}
+
+/// The gradient `g` of the output, as it reaches batch norm: behind ReLU
+/// (`RELU`), `g` where the output `y` is positive and zero elsewhere (as
+/// Burn's ReLU backward); `g` itself otherwise.
+#[inline(always)]
+fn relu_gradient<const RELU: bool>(g: f32, y: f32) -> f32 {
+    if RELU && y <= 0.0 { 0.0 } else { g }
+}
+
+/// One plane of the input gradient, `a · g - b · x + t` with `g` the
+/// gradient reaching batch norm ([`relu_gradient`]).
+#[inline(always)]
+fn input_gradient_plane<const RELU: bool>(
+    out: &mut [std::mem::MaybeUninit<f32>],
+    x: &[f32],
+    g: &[f32],
+    y: &[f32],
+    [a, b, t]: [f32; 3],
+) {
+    for (((o, &x), &g), &y) in out.iter_mut().zip(x).zip(g).zip(y) {
+        o.write(a * relu_gradient::<RELU>(g, y) - b * x + t);
+    }
+}
+
 impl NormKernels for Flex {
     fn fused_batch_norm_train(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
+        relu: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let x = x.to_contiguous();
         let shape = x.layout().shape().clone();
@@ -161,7 +253,7 @@ impl NormKernels for Flex {
         .into_iter()
         .map(|s| s.0 / m)
         .collect();
-        // y = x * scale + shift, per channel.
+        // y = x * scale + shift, per channel (then max(y, 0) with ReLU).
         let scale: Vec<f32> = (0..c)
             .map(|ch| (gamma[ch] as f64 / (variance[ch] + epsilon).sqrt()) as f32)
             .collect();
@@ -178,9 +270,10 @@ impl NormKernels for Flex {
                     .enumerate()
                     .for_each(|(p, (o, x))| {
                         let (s, t) = (scale[p % c], shift[p % c]);
-                        o.iter_mut().zip(x).for_each(|(o, &x)| {
-                            o.write(x * s + t);
-                        });
+                        match relu {
+                            true => affine_plane::<true>(o, x, s, t),
+                            false => affine_plane::<false>(o, x, s, t),
+                        }
                     })
             })
         };
@@ -196,61 +289,106 @@ impl NormKernels for Flex {
         epsilon: f64,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let x = x.to_contiguous();
-        let grad = grad.to_contiguous();
-        let shape = x.layout().shape().clone();
-        let (n, c) = (shape[0], shape[1]);
-        let plane = shape.num_elements() / (n * c);
-        let m = (n * plane) as f64;
-        let (xs, dy): (&[f32], &[f32]) = (x.storage(), grad.storage());
-        let (gamma, mean, variance) = (values(&gamma), values(&mean), values(&variance));
-        let inv_std: Vec<f64> = variance
-            .iter()
-            .map(|&v| 1.0 / (v as f64 + epsilon).sqrt())
-            .collect();
-        // Per channel: Σ dy and Σ dy (x - μ), in one pass over both; then
-        // Σ dy x̂ = Σ dy (x - μ) / σ.
-        let sums: Vec<(f64, f64)> = channel_sums(n, c, plane, |ch, at| {
-            let (x, g) = (&xs[at..at + plane], &dy[at..at + plane]);
-            let mu = mean[ch];
-            lane_sums(g, x, |g, x| (g, g * (x - mu)))
-        })
-        .into_iter()
-        .zip(&inv_std)
-        .map(|((dy_sum, dy_centered), is)| (dy_sum, dy_centered * is))
-        .collect();
-        // dx = γ/σ (dy - Σdy/M - x̂ Σ(dy x̂)/M), per channel an affine
-        // function of dy and x: dx = a dy - b x + t.
-        #[allow(unsafe_code)]
-        // SAFETY: `dx` has the length of `xs` and `dy` (one shape); each of
-        // its planes is written in full from the planes beside it.
-        let dx = unsafe {
-            crate::written(xs.len(), |dx| {
-                dx.par_chunks_mut(plane)
-                    .zip(xs.par_chunks(plane).zip(dy.par_chunks(plane)))
-                    .enumerate()
-                    .for_each(|(p, (o, (x, g)))| {
-                        let ch = p % c;
-                        let (mu, is) = (mean[ch] as f64, inv_std[ch]);
-                        let k = gamma[ch] as f64 * is;
-                        let (mean_dy, mean_dy_xhat) = (sums[ch].0 / m, sums[ch].1 / m);
-                        let b = k * is * mean_dy_xhat;
-                        let (a, t) = (k as f32, (b * mu - k * mean_dy) as f32);
-                        let b = b as f32;
-                        for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-                            o.write(a * g - b * x + t);
-                        }
-                    })
-            })
-        };
-        let dgamma = sums.iter().map(|s| s.1 as f32).collect();
-        let dbeta = sums.iter().map(|s| s.0 as f32).collect();
-        (
-            tensor(dx, shape.as_slice()),
-            tensor(dgamma, &[c]),
-            tensor(dbeta, &[c]),
-        )
+        backward(x, gamma, mean, variance, epsilon, None, grad)
     }
+
+    fn fused_batch_norm_relu_train_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        output: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        backward(x, gamma, mean, variance, epsilon, Some(output), grad)
+    }
+}
+
+/// The flex backward pass: with `relu_output` (the output of a forward
+/// pass with ReLU), the gradient flows only where it is positive.
+fn backward(
+    x: FlexTensor,
+    gamma: FlexTensor,
+    mean: FlexTensor,
+    variance: FlexTensor,
+    epsilon: f64,
+    relu_output: Option<FlexTensor>,
+    grad: FlexTensor,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let x = x.to_contiguous();
+    let grad = grad.to_contiguous();
+    let relu_output = relu_output.map(|y| y.to_contiguous());
+    let shape = x.layout().shape().clone();
+    let (n, c) = (shape[0], shape[1]);
+    let plane = shape.num_elements() / (n * c);
+    let m = (n * plane) as f64;
+    let (xs, dy): (&[f32], &[f32]) = (x.storage(), grad.storage());
+    // Behind ReLU, the gradient reaching batch norm is `dy` where the
+    // output is positive, zero elsewhere; without it, `dy` itself (the
+    // output slice is then `dy` again, and unread).
+    let ys: &[f32] = relu_output.as_ref().map_or(dy, |y| y.storage());
+    assert_eq!(ys.len(), dy.len(), "batch norm output and gradient sizes");
+    let (gamma, mean, variance) = (values(&gamma), values(&mean), values(&variance));
+    let inv_std: Vec<f64> = variance
+        .iter()
+        .map(|&v| 1.0 / (v as f64 + epsilon).sqrt())
+        .collect();
+    // Per channel: Σ dy and Σ dy (x - μ), in one pass over both; then
+    // Σ dy x̂ = Σ dy (x - μ) / σ.
+    let relu = relu_output.is_some();
+    let sums: Vec<(f64, f64)> = channel_sums(n, c, plane, |ch, at| {
+        let (x, g, y) = (
+            &xs[at..at + plane],
+            &dy[at..at + plane],
+            &ys[at..at + plane],
+        );
+        let mu = mean[ch];
+        match relu {
+            true => lane_sums3(g, x, y, |g, x, y| {
+                let g = relu_gradient::<true>(g, y);
+                (g, g * (x - mu))
+            }),
+            false => lane_sums(g, x, |g, x| (g, g * (x - mu))),
+        }
+    })
+    .into_iter()
+    .zip(&inv_std)
+    .map(|((dy_sum, dy_centered), is)| (dy_sum, dy_centered * is))
+    .collect();
+    // dx = γ/σ (dy - Σdy/M - x̂ Σ(dy x̂)/M), per channel an affine
+    // function of dy and x: dx = a dy - b x + t.
+    #[allow(unsafe_code)]
+    // SAFETY: `dx` has the length of `xs`, `dy` and `ys` (one shape);
+    // each of its planes is written in full from the planes beside it.
+    let dx = unsafe {
+        crate::written(xs.len(), |dx| {
+            dx.par_chunks_mut(plane)
+                .zip(xs.par_chunks(plane))
+                .zip(dy.par_chunks(plane).zip(ys.par_chunks(plane)))
+                .enumerate()
+                .for_each(|(p, ((o, x), (g, y)))| {
+                    let ch = p % c;
+                    let (mu, is) = (mean[ch] as f64, inv_std[ch]);
+                    let k = gamma[ch] as f64 * is;
+                    let (mean_dy, mean_dy_xhat) = (sums[ch].0 / m, sums[ch].1 / m);
+                    let b = k * is * mean_dy_xhat;
+                    let (a, t) = (k as f32, (b * mu - k * mean_dy) as f32);
+                    let b = b as f32;
+                    match relu {
+                        true => input_gradient_plane::<true>(o, x, g, y, [a, b, t]),
+                        false => input_gradient_plane::<false>(o, x, g, y, [a, b, t]),
+                    }
+                })
+        })
+    };
+    let dgamma = sums.iter().map(|s| s.1 as f32).collect();
+    let dbeta = sums.iter().map(|s| s.0 as f32).collect();
+    (
+        tensor(dx, shape.as_slice()),
+        tensor(dgamma, &[c]),
+        tensor(dbeta, &[c]),
+    )
 }
 
 impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B, C> {
@@ -259,6 +397,7 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
+        relu: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         /// The backward pass: the fused gradient kernel of the inner backend.
         #[derive(Debug)]
@@ -271,6 +410,7 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
                 FloatTensor<B>,
                 FloatTensor<B>,
                 f64,
+                Option<FloatTensor<B>>,
             );
 
             fn backward(
@@ -281,9 +421,15 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
             ) {
                 let [node_x, node_gamma, node_beta] = ops.parents;
                 let grad = grads.consume::<B>(&ops.node);
-                let (x, gamma, mean, variance, epsilon) = ops.state;
-                let (dx, dgamma, dbeta) =
-                    B::fused_batch_norm_train_backward(x, gamma, mean, variance, epsilon, grad);
+                let (x, gamma, mean, variance, epsilon, relu_output) = ops.state;
+                let (dx, dgamma, dbeta) = match relu_output {
+                    Some(output) => B::fused_batch_norm_relu_train_backward(
+                        x, gamma, mean, variance, epsilon, output, grad,
+                    ),
+                    None => {
+                        B::fused_batch_norm_train_backward(x, gamma, mean, variance, epsilon, grad)
+                    }
+                };
                 if let Some(node) = node_x {
                     grads.register::<B>(node.id, dx);
                 }
@@ -310,8 +456,17 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
                     beta.into_primitive(),
                 );
                 let (output, mean, variance) =
-                    B::fused_batch_norm_train(x.clone(), gamma.clone(), beta, epsilon);
-                let state = (x, gamma, mean.clone(), variance.clone(), epsilon);
+                    B::fused_batch_norm_train(x.clone(), gamma.clone(), beta, epsilon, relu);
+                // Behind ReLU, the backward pass needs the output's signs.
+                let relu_output = relu.then(|| output.clone());
+                let state = (
+                    x,
+                    gamma,
+                    mean.clone(),
+                    variance.clone(),
+                    epsilon,
+                    relu_output,
+                );
                 (prep.finish(state, output), lift(mean), lift(variance))
             }
             OpsKind::UnTracked(prep) => {
@@ -320,6 +475,7 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
                     gamma.into_primitive(),
                     beta.into_primitive(),
                     epsilon,
+                    relu,
                 );
                 (prep.finish(output), lift(mean), lift(variance))
             }
@@ -346,6 +502,29 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
         );
         (lift(dx), lift(dgamma), lift(dbeta))
     }
+
+    fn fused_batch_norm_relu_train_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        output: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        // Not differentiable itself, as above.
+        let lift = <Self as AutodiffBackend>::from_inner;
+        let (dx, dgamma, dbeta) = B::fused_batch_norm_relu_train_backward(
+            x.into_primitive(),
+            gamma.into_primitive(),
+            mean.into_primitive(),
+            variance.into_primitive(),
+            epsilon,
+            output.into_primitive(),
+            grad.into_primitive(),
+        );
+        (lift(dx), lift(dgamma), lift(dbeta))
+    }
 }
 
 #[cfg(test)]
@@ -363,8 +542,9 @@ mod tests {
     }
 
     /// Output, statistics and all three gradients of the kernel against
-    /// Burn's `batch_norm_train`, on values of mean `offset` and spread 2.
-    fn check(shape: [usize; 4], offset: f32) {
+    /// Burn's `batch_norm_train` (then Burn's `relu` with `relu`), on
+    /// values of mean `offset` and spread 2.
+    fn check(shape: [usize; 4], offset: f32, relu: bool) {
         let device = Device::flex().autodiff();
         device.seed(9);
         let x = (Tensor::<4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device)
@@ -385,9 +565,40 @@ mod tests {
         // their last bit (as two summation orders may).
         let weights =
             Tensor::<4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-        let ours = batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5);
-        let theirs =
-            burn::tensor::module::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+        let (ours, theirs) = if relu {
+            let mut theirs = burn::tensor::module::batch_norm_train(
+                x.clone(),
+                gamma.clone(),
+                beta.clone(),
+                1e-5,
+            );
+            theirs.output = burn::tensor::activation::relu(theirs.output);
+            let ours = batch_norm_relu_train(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+            // Some of the output is clamped, some not: both branches run.
+            let positive: i64 = ours
+                .output
+                .clone()
+                .greater_elem(0.0)
+                .int()
+                .sum()
+                .into_scalar();
+            let all = shape.iter().product::<usize>() as i64;
+            assert!(
+                positive > all / 5 && positive < all * 4 / 5,
+                "{positive} of {all} positive"
+            );
+            (ours, theirs)
+        } else {
+            (
+                batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5),
+                burn::tensor::module::batch_norm_train(
+                    x.clone(),
+                    gamma.clone(),
+                    beta.clone(),
+                    1e-5,
+                ),
+            )
+        };
         close(ours.output.clone(), theirs.output.clone(), "output");
         let per_channel = |t: Tensor<1>| t.reshape([1, c, 1, 1]);
         close(
@@ -418,13 +629,21 @@ mod tests {
     #[test]
     fn output_statistics_and_gradients_equal_burns_batch_norm() {
         // Planes of 30 values: fewer than two rounds of the 16 partial sums.
-        check([4, 3, 5, 6], 0.7);
+        check([4, 3, 5, 6], 0.7, false);
     }
 
     #[test]
     fn large_odd_planes_away_from_zero_equal_burns_batch_norm() {
         // Planes of 31x33 values (not a multiple of 16), a mean of 5: the
         // partial sums' rounding and the centered variance are exercised.
-        check([3, 4, 31, 33], 5.0);
+        check([3, 4, 31, 33], 5.0, false);
+    }
+
+    #[test]
+    fn batch_norm_then_relu_equals_burns_batch_norm_then_relu() {
+        check([4, 3, 5, 6], 0.7, true);
+        check([3, 4, 31, 33], 5.0, true);
+        // One image: the statistics come from a single image's planes.
+        check([1, 5, 7, 9], -1.0, true);
     }
 }

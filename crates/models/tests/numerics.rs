@@ -241,3 +241,63 @@ fn flex_and_ndarray_agree() {
         }
     }
 }
+
+/// The logits and the input gradient of one training-mode step (batch
+/// statistics), of the weights saved at `weights`, on `device` (autodiff).
+fn training_step_on(
+    config: &ModelConfig,
+    weights: &std::path::Path,
+    input: &[f32],
+    device: &Device,
+) -> (Vec<f32>, Vec<f32>) {
+    let model = config.init(device).load_file(weights).train();
+    let x = Tensor::<4>::from_data(TensorData::new(input.to_vec(), [2, 3, 32, 32]), device)
+        .require_grad();
+    let logits = model.forward(x.clone());
+    // A loss whose gradient differs per logit, so that every path back counts.
+    let weights = Tensor::<2>::from_data(
+        TensorData::new((0..20).map(|i| (i as f32 - 9.5) / 10.0).collect(), [2, 10]),
+        device,
+    );
+    let grads = (logits.clone() * weights).sum().backward();
+    let values = |t: Tensor<4>| t.into_data().try_into_vec_as::<f32>().unwrap();
+    (
+        logits.into_data().try_into_vec_as::<f32>().unwrap(),
+        values(x.grad(&grads).unwrap()),
+    )
+}
+
+/// A training step through the flex kernels (convolution, batch norm fused
+/// with ReLU, pooling, linear) gives Burn's own values on ndarray: the
+/// logits with batch statistics and the gradient that reaches the input
+/// through every layer's backward pass.
+#[test]
+#[allow(deprecated)]
+fn a_training_step_on_flex_equals_ndarray() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = inputs(2, 3072, 5);
+    for config in [
+        ModelConfig::Cnn(CnnConfig::vgg()),
+        ModelConfig::Cnn(CnnConfig::vgg_with_widths([32, 64, 128])),
+        ModelConfig::Cnn(CnnConfig::small()),
+    ] {
+        let path = dir.path().join("w.bpk");
+        config.init(&Device::flex()).save_file(&path).unwrap();
+        let (flex, flex_dx) = training_step_on(&config, &path, &input, &Device::flex().autodiff());
+        let (nd, nd_dx) = training_step_on(&config, &path, &input, &Device::ndarray().autodiff());
+        let scale = nd_dx.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0, "{config:?}: no input gradient");
+        for (x, y) in flex.iter().zip(&nd) {
+            assert!(
+                (x - y).abs() < 1e-3 * (1.0 + y.abs()),
+                "logits: flex {x} vs ndarray {y}"
+            );
+        }
+        for (x, y) in flex_dx.iter().zip(&nd_dx) {
+            assert!(
+                (x - y).abs() < 1e-3 * scale,
+                "{config:?}: input gradient flex {x} vs ndarray {y} (largest {scale})"
+            );
+        }
+    }
+}
