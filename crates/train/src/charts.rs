@@ -29,6 +29,7 @@ use crate::diagnostics::lr_find::LrFindResult;
 use crate::monitor::{HEALTHY_RATIO, LayerMonitor, LayerSnapshot, RatioHistory};
 use crate::rundir::RunDir;
 use crate::trainer::StepInfo;
+use cifar_models::Histogram;
 
 /// The font of every chart (DejaVu Sans; its license is beside it in `assets/`).
 const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
@@ -517,34 +518,114 @@ fn histogram_rows(
     Ok(())
 }
 
-/// `activations.png`: per-layer activation histograms on the probe batch at one epoch.
-pub fn activations_chart(path: &Path, epoch: usize, layers: &[LayerSnapshot]) -> Result<()> {
+/// The value below which a fraction `q` of a histogram's values lie, to
+/// the resolution of its bins (the upper edge of the bin where the count
+/// passes `q`); `None` when it is empty.
+fn histogram_quantile(h: &Histogram, q: f64) -> Option<f64> {
+    let total: u64 = h.counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let width = (h.max - h.min) / h.counts.len() as f64;
+    let mut seen = 0u64;
+    for (b, &n) in h.counts.iter().enumerate() {
+        seen += n;
+        if seen as f64 >= q * total as f64 {
+            return Some(h.min + (b + 1) as f64 * width);
+        }
+    }
+    Some(h.max)
+}
+
+/// The x-range shared by the layers' histograms in `activations.png`: from
+/// the smallest of the layers' 0.5% quantiles to the largest of their
+/// 99.5% quantiles. The full range of every value let a few large values
+/// (a ReLU layer's tail out to 10, with most values below 2) squeeze every
+/// layer's bars into the first few bins; values outside the range are
+/// counted in the end bins, as the chart's axis says.
+fn shared_range(layers: &[&Histogram]) -> (f64, f64) {
+    const TAIL: f64 = 0.005;
     let lo = layers
         .iter()
-        .map(|l| l.stats.histogram.min)
+        .filter_map(|h| {
+            Some(histogram_quantile(h, TAIL)? - (h.max - h.min) / h.counts.len() as f64)
+        })
         .fold(f64::INFINITY, f64::min);
     let hi = layers
         .iter()
-        .map(|l| l.stats.histogram.max)
+        .filter_map(|h| histogram_quantile(h, 1.0 - TAIL))
         .fold(f64::NEG_INFINITY, f64::max);
-    let (lo, hi) = if lo.is_finite() && hi > lo {
+    if lo.is_finite() && hi > lo {
         (lo, hi)
     } else {
         (-1.0, 1.0)
-    };
+    }
+}
+
+/// `h`'s counts on `bins` equal bins over `[lo, hi]`, each of its own bins
+/// shared among the new bins it overlaps in proportion to the overlap (its
+/// values taken as spread evenly across it); what lies outside `[lo, hi]`
+/// is counted in the end bins. Moving each old bin whole to the new bin
+/// of its centre left most new bins empty, a comb of bars with gaps,
+/// wherever the old bins were wider than the new ones.
+fn rebin(h: &Histogram, (lo, hi): (f64, f64), bins: usize) -> Vec<u64> {
+    let mut counts = vec![0f64; bins];
+    let old_width = (h.max - h.min) / h.counts.len().max(1) as f64;
+    let new_width = (hi - lo) / bins as f64;
+    for (b, &n) in h.counts.iter().enumerate() {
+        let (a, z) = (
+            h.min + b as f64 * old_width,
+            h.min + (b + 1) as f64 * old_width,
+        );
+        if n == 0 {
+            continue;
+        }
+        if z <= a {
+            // A histogram of one value: all of it in the bin of that value.
+            let k = ((a - lo) / new_width).floor().clamp(0.0, (bins - 1) as f64);
+            counts[k as usize] += n as f64;
+            continue;
+        }
+        let per_unit = n as f64 / (z - a);
+        // The parts below and above the range go to the end bins.
+        counts[0] += per_unit * (lo.min(z) - a).max(0.0);
+        counts[bins - 1] += per_unit * (z - hi.max(a)).max(0.0);
+        let (a, z) = (a.max(lo), z.min(hi));
+        if z <= a {
+            continue;
+        }
+        let first = ((a - lo) / new_width).floor() as usize;
+        let last = (((z - lo) / new_width).ceil() as usize).min(bins);
+        for (k, count) in counts.iter_mut().enumerate().take(last).skip(first) {
+            let (ka, kz) = (lo + k as f64 * new_width, lo + (k + 1) as f64 * new_width);
+            *count += per_unit * (z.min(kz) - a.max(ka)).max(0.0);
+        }
+    }
+    // Whole counts by rounding the running total, so that none are lost
+    // (rounding each bin's share lost a few in 227 values over 40 bins).
+    let mut total = 0f64;
+    let mut rounded = 0u64;
+    counts
+        .into_iter()
+        .map(|c| {
+            total += c;
+            let up_to_here = total.round() as u64;
+            let count = up_to_here - rounded;
+            rounded = up_to_here;
+            count
+        })
+        .collect()
+}
+
+/// `activations.png`: per-layer activation histograms on the probe batch at one epoch.
+pub fn activations_chart(path: &Path, epoch: usize, layers: &[LayerSnapshot]) -> Result<()> {
+    let histograms: Vec<&Histogram> = layers.iter().map(|l| &l.stats.histogram).collect();
+    let (lo, hi) = shared_range(&histograms);
     // Each layer's histogram is over its own range: re-bin it onto the shared one.
     let rows: Vec<(String, Vec<u64>)> = layers
         .iter()
         .map(|l| {
-            let h = &l.stats.histogram;
-            let bins = 40;
-            let mut counts = vec![0u64; bins];
-            let w = (h.max - h.min) / h.counts.len().max(1) as f64;
-            for (b, &n) in h.counts.iter().enumerate() {
-                let center = h.min + (b as f64 + 0.5) * w;
-                let k = (((center - lo) / (hi - lo)) * bins as f64).floor();
-                counts[(k.max(0.0) as usize).min(bins - 1)] += n;
-            }
+            let counts = rebin(&l.stats.histogram, (lo, hi), 40);
             (
                 format!(
                     "{}: mean {:+.3}, std {:.3}, {:.0}% zero, {:.0}% dead, {:.0}% saturated",
@@ -565,7 +646,12 @@ pub fn activations_chart(path: &Path, epoch: usize, layers: &[LayerSnapshot]) ->
             &format!("Activations per layer after epoch {epoch} (probe batch, eval mode)"),
             caption_style(),
         )?;
-        histogram_rows(&root, &rows, (lo, hi), "activation value")
+        histogram_rows(
+            &root,
+            &rows,
+            (lo, hi),
+            "activation value (the few values beyond the axis are counted in its end bins)",
+        )
     })
 }
 
@@ -1190,6 +1276,64 @@ mod tests {
         assert!(dark_pixels(&path, 0..40) > 100, "no title text");
         loss_chart(&path, &steps, &[50, 100], true).unwrap();
         assert!(dark_pixels(&path, 0..40) > 100, "no title text (log scale)");
+    }
+
+    #[test]
+    fn the_shared_activation_range_leaves_out_a_far_tail() {
+        // A ReLU-like layer: 1,000 values in [0, 2] and one at 10, over 50
+        // bins of 0.2; a symmetric layer: 100 values in [-1, 1].
+        let mut counts = vec![100u64; 10];
+        counts.extend(vec![0; 39]);
+        counts.push(1);
+        let relu = Histogram {
+            min: 0.0,
+            max: 10.0,
+            counts,
+        };
+        let symmetric = Histogram {
+            min: -1.0,
+            max: 1.0,
+            counts: vec![10; 10],
+        };
+        // By hand: 99.5% of 1,001 values lie below 2.0 (the tenth bin's
+        // upper edge), 0.5% of the symmetric layer's below -0.8, whose bin
+        // starts at -1.0.
+        let (lo, hi) = shared_range(&[&relu, &symmetric]);
+        assert!(
+            (lo + 1.0).abs() < 1e-9 && (hi - 2.0).abs() < 1e-9,
+            "{lo}..{hi}"
+        );
+        assert_eq!(histogram_quantile(&relu, 1.0), Some(10.0));
+        let empty = Histogram {
+            min: 0.0,
+            max: 1.0,
+            counts: vec![0; 4],
+        };
+        assert_eq!(shared_range(&[&empty]), (-1.0, 1.0));
+    }
+
+    #[test]
+    fn rebinning_shares_each_bin_among_the_bins_it_overlaps() {
+        // Two bins over [0, 2] of 40 and 20 values onto four bins over
+        // [0.5, 1.5]: by hand, [0, 0.5] of the first bin (20 values) goes
+        // to the first end bin, [0.5, 1] is 10 + 10 values, [1, 1.5] is
+        // 5 + 5, and [1.5, 2] (10 values) goes to the last end bin.
+        let h = Histogram {
+            min: 0.0,
+            max: 2.0,
+            counts: vec![40, 20],
+        };
+        assert_eq!(rebin(&h, (0.5, 1.5), 4), vec![30, 10, 5, 15]);
+        // Nothing is lost, however the bins fall.
+        let wide = Histogram {
+            min: -3.0,
+            max: 7.0,
+            counts: vec![7, 0, 13, 200, 1, 1, 0, 5],
+        };
+        for bins in [1, 3, 40] {
+            let counts = rebin(&wide, (-0.4, 2.9), bins);
+            assert_eq!(counts.iter().sum::<u64>(), 227, "{bins} bins: {counts:?}");
+        }
     }
 
     #[test]
