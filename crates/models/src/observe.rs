@@ -58,6 +58,15 @@ impl Histogram {
         }
         Self { min, max, counts }
     }
+
+    /// The lower and upper edge of bin `b`.
+    pub fn bin_edges(&self, b: usize) -> (f64, f64) {
+        let width = (self.max - self.min) / self.counts.len().max(1) as f64;
+        (
+            self.min + b as f64 * width,
+            self.min + (b + 1) as f64 * width,
+        )
+    }
 }
 
 /// `Σ f(v)` over `values`: chunks of 4,096 values summed in f32 by

@@ -518,27 +518,24 @@ fn histogram_rows(
     Ok(())
 }
 
-/// The value below which a fraction `q` of a histogram's values lie, to
-/// the resolution of its bins (the upper edge of the bin where the count
-/// passes `q`); `None` when it is empty.
-fn histogram_quantile(h: &Histogram, q: f64) -> Option<f64> {
+/// The bin of `h` where the running count first reaches a fraction `q`
+/// of its values (the last bin for `q` of 1); `None` when it is empty.
+fn quantile_bin(h: &Histogram, q: f64) -> Option<usize> {
     let total: u64 = h.counts.iter().sum();
     if total == 0 {
         return None;
     }
-    let width = (h.max - h.min) / h.counts.len() as f64;
     let mut seen = 0u64;
-    for (b, &n) in h.counts.iter().enumerate() {
+    let reached = h.counts.iter().position(|&n| {
         seen += n;
-        if seen as f64 >= q * total as f64 {
-            return Some(h.min + (b + 1) as f64 * width);
-        }
-    }
-    Some(h.max)
+        seen as f64 >= q * total as f64
+    });
+    Some(reached.unwrap_or(h.counts.len() - 1))
 }
 
 /// The x-range shared by the layers' histograms in `activations.png`: from
-/// the smallest of the layers' 0.5% quantiles to the largest of their
+/// the lower edge of the bin holding the smallest of the layers' 0.5%
+/// quantiles to the upper edge of the bin holding the largest of their
 /// 99.5% quantiles. The full range of every value let a few large values
 /// (a ReLU layer's tail out to 10, with most values below 2) squeeze every
 /// layer's bars into the first few bins; values outside the range are
@@ -547,13 +544,11 @@ fn shared_range(layers: &[&Histogram]) -> (f64, f64) {
     const TAIL: f64 = 0.005;
     let lo = layers
         .iter()
-        .filter_map(|h| {
-            Some(histogram_quantile(h, TAIL)? - (h.max - h.min) / h.counts.len() as f64)
-        })
+        .filter_map(|h| Some(h.bin_edges(quantile_bin(h, TAIL)?).0))
         .fold(f64::INFINITY, f64::min);
     let hi = layers
         .iter()
-        .filter_map(|h| histogram_quantile(h, 1.0 - TAIL))
+        .filter_map(|h| Some(h.bin_edges(quantile_bin(h, 1.0 - TAIL)?).1))
         .fold(f64::NEG_INFINITY, f64::max);
     if lo.is_finite() && hi > lo {
         (lo, hi)
@@ -570,16 +565,12 @@ fn shared_range(layers: &[&Histogram]) -> (f64, f64) {
 /// wherever the old bins were wider than the new ones.
 fn rebin(h: &Histogram, (lo, hi): (f64, f64), bins: usize) -> Vec<u64> {
     let mut counts = vec![0f64; bins];
-    let old_width = (h.max - h.min) / h.counts.len().max(1) as f64;
     let new_width = (hi - lo) / bins as f64;
     for (b, &n) in h.counts.iter().enumerate() {
-        let (a, z) = (
-            h.min + b as f64 * old_width,
-            h.min + (b + 1) as f64 * old_width,
-        );
         if n == 0 {
             continue;
         }
+        let (a, z) = h.bin_edges(b);
         if z <= a {
             // A histogram of one value: all of it in the bin of that value.
             let k = ((a - lo) / new_width).floor().clamp(0.0, (bins - 1) as f64);
@@ -1303,7 +1294,8 @@ mod tests {
             (lo + 1.0).abs() < 1e-9 && (hi - 2.0).abs() < 1e-9,
             "{lo}..{hi}"
         );
-        assert_eq!(histogram_quantile(&relu, 1.0), Some(10.0));
+        assert_eq!(quantile_bin(&relu, 1.0), Some(49));
+        assert_eq!(relu.bin_edges(49), (9.8, 10.0));
         let empty = Histogram {
             min: 0.0,
             max: 1.0,
