@@ -140,6 +140,24 @@ impl CnnConfig {
                     .into(),
             );
         }
+        if !(self.norm_momentum.is_finite() && (0.0..=1.0).contains(&self.norm_momentum)) {
+            return Err(format!(
+                "norm_momentum must be in [0, 1], got {}",
+                self.norm_momentum
+            ));
+        }
+        if !(self.output_gain.is_finite() && self.output_gain >= 0.0) {
+            return Err(format!(
+                "output_gain must be a number >= 0, got {}",
+                self.output_gain
+            ));
+        }
+        if !(self.norm_epsilon.is_finite() && self.norm_epsilon > 0.0) {
+            return Err(format!(
+                "norm_epsilon must be a positive number, got {}",
+                self.norm_epsilon
+            ));
+        }
         check_dropout(self.dropout)?;
         self.activation.check()?;
         self.init.check()
@@ -192,10 +210,24 @@ pub struct CnnConfig {
     /// Whether batch norm learns its scale (otherwise it stays 1).
     #[config(default = true)]
     pub norm_scale: bool,
-    /// Start the second and later convolutions of each stage, and those of
-    /// residual blocks, as the identity (PyTorch's `dirac_`).
+    /// Start every convolution of the stages (and of residual blocks) as the
+    /// identity on its first `min(in, out)` output channels (PyTorch's
+    /// `dirac_`, as airbench does), the other channels from `init`.
     #[config(default = false)]
     pub identity_init: bool,
+    /// Batch norm's running statistics move this far toward each batch's
+    /// (Burn's and PyTorch's `momentum`; airbench: 0.4).
+    #[config(default = 0.1)]
+    pub norm_momentum: f64,
+    /// Added to batch norm's variance before the square root (airbench: 1e-12).
+    #[config(default = 1e-5)]
+    pub norm_epsilon: f64,
+    /// The factor on the output layer's initial weights: a tenth
+    /// ([`Init::OUTPUT_GAIN`]) starts the loss near ln(classes); airbench
+    /// keeps PyTorch's plain initialization (1), its logit scale of 1/9
+    /// doing the same.
+    #[config(default = 0.1)]
+    pub output_gain: f64,
 }
 
 impl CnnConfig {
@@ -253,9 +285,11 @@ impl CnnConfig {
     /// 2x2 patch-whitening convolution (3 -> 24 channels) and GELU; three
     /// stages of two 3x3 convolutions of widths 64, 256 and 256, each
     /// pooling right after its first convolution; batch norm with a fixed
-    /// scale; the second convolutions starting as the identity; global max
-    /// pooling; logits scaled by 1/9. Fit the whitening filters on the
-    /// training data before training ([`Cnn::with_whitening`]).
+    /// scale, running statistics of momentum 0.4 and epsilon 1e-12; every
+    /// convolution starting as the identity on its first channels, the rest
+    /// from PyTorch's default initialization (the output layer's too, at
+    /// full scale); global max pooling; logits scaled by 1/9. Fit the whitening filters on the training data before
+    /// training ([`Cnn::with_whitening`]).
     pub fn airbench() -> Self {
         Self::new(
             [64, 256, 256]
@@ -267,6 +301,10 @@ impl CnnConfig {
         .with_activation(ActivationConfig::Gelu)
         .with_norm_scale(false)
         .with_identity_init(true)
+        .with_init(Init::Pytorch)
+        .with_norm_momentum(0.4)
+        .with_norm_epsilon(1e-12)
+        .with_output_gain(1.0)
         .with_pooling(HeadPooling::Max)
         .with_logit_scale(1.0 / 9.0)
     }
@@ -285,6 +323,8 @@ impl CnnConfig {
                 .with_init(self.init)
                 .with_batch_norm(self.batch_norm)
                 .with_norm_scale(self.norm_scale)
+                .with_norm_momentum(self.norm_momentum)
+                .with_norm_epsilon(self.norm_epsilon)
         };
         let whiten = (self.whiten > 0).then(|| {
             WhitenConfig::new()
@@ -305,7 +345,7 @@ impl CnnConfig {
                 .map(|(i, &w)| {
                     let b = block(channels, w)
                         .with_pool(early && i == 0)
-                        .with_identity(self.identity_init && i > 0)
+                        .with_identity(self.identity_init)
                         .init(device);
                     channels = w;
                     b
@@ -353,7 +393,9 @@ impl CnnConfig {
             pooling: self.pooling,
             hidden,
             dropout: (self.dropout > 0.0).then(|| DropoutConfig::new(self.dropout).init()),
-            output: self.init.output_linear(features, self.classes, device),
+            output: self
+                .init
+                .scaled_linear(self.output_gain, features, self.classes, device),
             logit_scale: self.logit_scale,
         }
     }

@@ -209,6 +209,13 @@ pub struct ConvBlockConfig {
     /// `init`: the block starts out passing its input through.
     #[config(default = false)]
     pub identity: bool,
+    /// Batch norm's momentum: how far its running statistics move toward
+    /// each batch's.
+    #[config(default = 0.1)]
+    pub norm_momentum: f64,
+    /// Batch norm's epsilon, added to the variance.
+    #[config(default = 1e-5)]
+    pub norm_epsilon: f64,
 }
 
 impl ConvBlockConfig {
@@ -234,7 +241,10 @@ impl ConvBlockConfig {
             conv.weight = burn::module::Param::from_tensor(dirac(conv.weight.val()).detach());
         }
         let norm = self.batch_norm.then(|| {
-            let mut norm = BatchNormConfig::new(width).init(device);
+            let mut norm = BatchNormConfig::new(width)
+                .with_momentum(self.norm_momentum)
+                .with_epsilon(self.norm_epsilon)
+                .init(device);
             if !self.norm_scale {
                 norm.gamma = norm.gamma.set_require_grad(false);
             }

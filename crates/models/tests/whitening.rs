@@ -124,3 +124,57 @@ fn identity_initialized_convolutions_pass_their_input_through() {
         .into_data()
         .assert_approx_eq::<f32>(&x.into_data(), Default::default());
 }
+
+#[test]
+fn the_airbench_preset_starts_every_convolution_as_a_partial_identity() {
+    // airbench94's Conv: PyTorch's default initialization, then dirac_ on
+    // the first `in_channels` filters (all of them when there are fewer).
+    let device = Device::flex();
+    device.seed(2);
+    let net = CnnConfig::airbench().init(&device);
+    for (stage, cin, cout) in [(0, 24, 64), (1, 64, 256), (2, 256, 256)] {
+        for (conv, cin) in [(0, cin), (1, cout)] {
+            let block = &net.stages[stage].convs[conv];
+            let w = block.conv.weight.val();
+            let [co, ci, kh, kw] = w.dims();
+            assert_eq!((co, ci, kh, kw), (cout, cin, 3, 3));
+            let v = w.into_data().try_to_vec::<f32>().unwrap();
+            let at = |o: usize, i: usize, y: usize, x: usize| v[((o * ci + i) * 3 + y) * 3 + x];
+            for o in 0..cin.min(cout) {
+                for i in 0..ci {
+                    for (y, x) in (0..3).flat_map(|y| (0..3).map(move |x| (y, x))) {
+                        let identity = f32::from(i == o && y == 1 && x == 1);
+                        assert_eq!(at(o, i, y, x), identity, "stage {stage} conv {conv}");
+                    }
+                }
+            }
+            // The other filters: U(-a, a) with a = 1/sqrt(fan_in).
+            let bound = 1.0 / ((ci * 9) as f32).sqrt();
+            let rest = &v[cin.min(cout) * ci * 9..];
+            assert!(
+                rest.iter().all(|w| w.abs() <= bound),
+                "stage {stage} conv {conv}"
+            );
+            if !rest.is_empty() {
+                let max = rest.iter().fold(0f32, |m, w| m.max(w.abs()));
+                assert!(
+                    max > 0.9 * bound,
+                    "stage {stage} conv {conv}: {max} vs {bound}"
+                );
+            }
+            let norm = block.norm.as_ref().expect("batch norm");
+            assert_eq!(norm.momentum, 0.4);
+            assert_eq!(norm.epsilon, 1e-12);
+        }
+    }
+    // The output layer: U(-1/16, 1/16) for 256 inputs, at full scale.
+    let out = net
+        .output
+        .weight
+        .val()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let max = out.iter().fold(0f32, |m, w| m.max(w.abs()));
+    assert!(max <= 1.0 / 16.0 && max > 0.9 / 16.0, "{max}");
+}
