@@ -4,10 +4,11 @@
 use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 
-/// Random crop after zero padding, and random horizontal flip.
+/// Random crop after padding, and random horizontal flip.
 ///
 /// Padding adds zeros, which after centering is the mean color (torchvision
-/// pads the raw image with black instead).
+/// pads the raw image with black instead), or mirrors the image across its
+/// border ([`reflect`](Self::reflect)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Augmentation {
@@ -21,6 +22,11 @@ pub struct Augmentation {
     /// Needs the epoch: [`CifarBatcher::set_epoch`](crate::CifarBatcher::set_epoch).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub alternate_flip: bool,
+    /// Pad by mirroring the image across its border (PyTorch's `reflect`
+    /// padding, as airbench does: a shift by 2 shows rows 2 and 1 beyond
+    /// the edge) instead of with zeros.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reflect: bool,
 }
 
 impl Default for Augmentation {
@@ -36,6 +42,7 @@ impl Augmentation {
             pad: 4,
             flip: true,
             alternate_flip: false,
+            reflect: false,
         }
     }
 
@@ -57,7 +64,12 @@ impl Augmentation {
         debug_assert_eq!(src.len(), channels * height * width);
         let (dy, dx) = self.shift(rng);
         let flip = self.flip && rng.random_bool(0.5);
-        shift_flip(src, dst, [channels, height, width], dy, dx, flip);
+        let shift = Shift {
+            dy,
+            dx,
+            reflect: self.reflect,
+        };
+        shift_flip(src, dst, [channels, height, width], shift, flip);
     }
 
     /// As [`apply`](Self::apply), with the flip decided by the caller
@@ -72,12 +84,16 @@ impl Augmentation {
     ) {
         debug_assert_eq!(src.len(), channels * height * width);
         let (dy, dx) = self.shift(rng);
+        let shift = Shift {
+            dy,
+            dx,
+            reflect: self.reflect,
+        };
         shift_flip(
             src,
             dst,
             [channels, height, width],
-            dy,
-            dx,
+            shift,
             self.flip && flip,
         );
     }
@@ -85,6 +101,10 @@ impl Augmentation {
     /// A random crop offset in `-pad..=pad` on each axis.
     fn shift<R: Rng + ?Sized>(&self, rng: &mut R) -> (isize, isize) {
         let pad = self.pad as i64;
+        debug_assert!(
+            !self.reflect || pad < 32,
+            "reflect padding needs a shift smaller than the image"
+        );
         if pad > 0 {
             (
                 rng.random_range(-pad..=pad) as isize,
@@ -96,35 +116,57 @@ impl Augmentation {
     }
 }
 
-/// `dst[c, y, x] = src[c, y + dy, x' + dx]` (zero outside), where `x'` is `x`
-/// or its mirror `width - 1 - x` when `flip`.
+/// A crop offset, and what lies beyond the image's border.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shift {
+    /// Rows down.
+    pub dy: isize,
+    /// Columns right.
+    pub dx: isize,
+    /// Mirror the image across its border instead of zeros there.
+    pub reflect: bool,
+}
+
+impl Shift {
+    /// The source index of `i + d` on an axis of `n` pixels: `None` (a zero)
+    /// outside, or the mirrored index (`-1 -> 1`, `n -> n - 2`) with `reflect`.
+    fn source(&self, i: usize, d: isize, n: usize) -> Option<usize> {
+        let s = i as isize + d;
+        let n = n as isize;
+        if (0..n).contains(&s) {
+            Some(s as usize)
+        } else if self.reflect {
+            let mirrored = if s < 0 { -s } else { 2 * (n - 1) - s };
+            (0..n).contains(&mirrored).then_some(mirrored as usize)
+        } else {
+            None
+        }
+    }
+}
+
+/// `dst[c, y, x] = src[c, y + dy, x' + dx]` (zero or mirrored outside, see
+/// [`Shift`]), where `x'` is `x` or its mirror `width - 1 - x` when `flip`.
 pub(crate) fn shift_flip(
     src: &[f32],
     dst: &mut [f32],
     [channels, height, width]: [usize; 3],
-    dy: isize,
-    dx: isize,
+    shift: Shift,
     flip: bool,
 ) {
     let plane = height * width;
     for c in 0..channels {
         for y in 0..height {
-            let sy = y as isize + dy;
             let row = &mut dst[c * plane + y * width..c * plane + (y + 1) * width];
-            if sy < 0 || sy >= height as isize {
+            let Some(sy) = shift.source(y, shift.dy, height) else {
                 row.fill(0.0);
                 continue;
-            }
-            let src_row =
-                &src[c * plane + sy as usize * width..c * plane + (sy as usize + 1) * width];
+            };
+            let src_row = &src[c * plane + sy * width..c * plane + (sy + 1) * width];
             for (x, out) in row.iter_mut().enumerate() {
                 let xx = if flip { width - 1 - x } else { x };
-                let sx = xx as isize + dx;
-                *out = if sx < 0 || sx >= width as isize {
-                    0.0
-                } else {
-                    src_row[sx as usize]
-                };
+                *out = shift
+                    .source(xx, shift.dx, width)
+                    .map_or(0.0, |sx| src_row[sx]);
             }
         }
     }
@@ -140,12 +182,43 @@ mod tests {
         // One 1x2x3 image: rows [1 2 3] and [4 5 6].
         let src = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
         let mut dst = [0.0; 6];
-        shift_flip(&src, &mut dst, [1, 2, 3], 0, 0, true);
+        let zeros = |dy, dx| Shift {
+            dy,
+            dx,
+            reflect: false,
+        };
+        shift_flip(&src, &mut dst, [1, 2, 3], zeros(0, 0), true);
         assert_eq!(dst, [3.0, 2.0, 1.0, 6.0, 5.0, 4.0]);
-        shift_flip(&src, &mut dst, [1, 2, 3], 1, 1, false);
+        shift_flip(&src, &mut dst, [1, 2, 3], zeros(1, 1), false);
         assert_eq!(dst, [5.0, 6.0, 0.0, 0.0, 0.0, 0.0]);
-        shift_flip(&src, &mut dst, [1, 2, 3], 0, -1, false);
+        shift_flip(&src, &mut dst, [1, 2, 3], zeros(0, -1), false);
         assert_eq!(dst, [0.0, 1.0, 2.0, 0.0, 4.0, 5.0]);
+    }
+
+    #[test]
+    fn reflect_padding_mirrors_the_rows_and_columns_inside_the_border() {
+        // PyTorch: F.pad(x, (2, 2, 2, 2), 'reflect') on the row [1 2 3 4]
+        // gives [3 2 1 2 3 4 3 2]; shifts by -2 and +2 read its two ends.
+        let src = [1.0, 2.0, 3.0, 4.0];
+        let mut dst = [0.0; 4];
+        let reflect = |dy, dx| Shift {
+            dy,
+            dx,
+            reflect: true,
+        };
+        shift_flip(&src, &mut dst, [1, 1, 4], reflect(0, -2), false);
+        assert_eq!(dst, [3.0, 2.0, 1.0, 2.0]);
+        shift_flip(&src, &mut dst, [1, 1, 4], reflect(0, 2), false);
+        assert_eq!(dst, [3.0, 4.0, 3.0, 2.0]);
+        // Flipped: column x reads src[(3 - x) + 1], the mirror image
+        // [4 3 2 1] moved right by one with its edge reflected.
+        shift_flip(&src, &mut dst, [1, 1, 4], reflect(0, 1), true);
+        assert_eq!(dst, [3.0, 4.0, 3.0, 2.0]);
+        // Rows too: a 3x1 column [1 2 3] shifted down by one row reads [2 3 2].
+        let column = [1.0, 2.0, 3.0];
+        let mut out = [0.0; 3];
+        shift_flip(&column, &mut out, [1, 3, 1], reflect(1, 0), false);
+        assert_eq!(out, [2.0, 3.0, 2.0]);
     }
 
     #[test]
