@@ -698,6 +698,11 @@ fn fast_recipe_trains_with_every_ingredient_switchable() {
     assert_eq!(config["tta"], "flip-shift");
     assert_eq!(config["augment"]["pad"], 2);
     assert_eq!(config["augment"]["alternate_flip"], true);
+    assert_eq!(config["augment"]["reflect"], true);
+    assert_eq!(config["lr-schedule"], "triangle");
+    assert_eq!(cnn["init"], "pytorch");
+    assert_eq!(cnn["norm_momentum"], 0.4);
+    assert_eq!(cnn["norm_epsilon"], 1e-12);
     // The saved run evaluates, with another test-time augmentation too.
     let eval = json(&ok(&[
         "eval",
@@ -732,6 +737,18 @@ fn fast_recipe_trains_with_every_ingredient_switchable() {
         "4",
         "--flip",
         "random",
+        "--crop-pad-mode",
+        "zeros",
+        "--lr-schedule",
+        "cosine",
+        "--warmup",
+        "1",
+        "--init",
+        "he",
+        "--norm-momentum",
+        "0.1",
+        "--norm-epsilon",
+        "1e-5",
     ]);
     json(&ok(&args));
     let config: Value =
@@ -742,6 +759,10 @@ fn fast_recipe_trains_with_every_ingredient_switchable() {
     assert_eq!(config["norm-shift-lr-scale"], 1.0);
     assert_eq!(config["lookahead"], false);
     assert!(config["augment"].get("alternate_flip").is_none());
+    assert!(config["augment"].get("reflect").is_none());
+    assert_eq!(config["lr-schedule"], "cosine");
+    assert_eq!(config["model"]["cnn"]["init"], "he");
+    assert_eq!(config["model"]["cnn"]["norm_momentum"], 0.1);
     // Flags that make no sense say so.
     let out = run(&["fit", "--recipe", "fastest"]);
     assert!(stderr(&out).contains("--recipe fastest: expected one of default, fast"));

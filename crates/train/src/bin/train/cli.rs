@@ -133,9 +133,15 @@ pub struct TrainFlags {
     /// CNN: batch norm learns its scale γ (false: γ stays 1 and only the shift learns, as in airbench) [default: true]
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub norm_scale: Option<bool>,
-    /// CNN: the second and later convolutions of each stage start as the identity (PyTorch's dirac_) [default: false; airbench: true]
+    /// CNN: every convolution of the stages starts as the identity on its first min(in, out) channels (PyTorch's dirac_) [default: false; airbench: true]
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub identity_init: Option<bool>,
+    /// CNN: how far batch norm's running statistics move toward each batch's, in [0, 1] [default: 0.1; airbench: 0.4]
+    #[arg(long, value_name = "M")]
+    pub norm_momentum: Option<f64>,
+    /// CNN: batch norm's epsilon, added to the variance [default: 1e-5; airbench: 1e-12]
+    #[arg(long, value_name = "EPS")]
+    pub norm_epsilon: Option<f64>,
     /// Label smoothing α: the cross-entropy target gives the true class 1 - α + α/10 and every other class α/10 [default: 0]
     #[arg(long, value_name = "ALPHA")]
     pub label_smoothing: Option<f64>,
@@ -158,6 +164,9 @@ pub struct TrainFlags {
     /// With --augment: none, random (each image at random every epoch) or alternate (each image in every other epoch, airbench's) [default: random]
     #[arg(long, value_name = "MODE", value_parser = ["none", "random", "alternate"])]
     pub flip: Option<String>,
+    /// With --augment: what the crop sees beyond the image's border: zeros (the mean color, after centering) or reflect (the image mirrored, airbench's) [default: zeros; fast recipe: reflect]
+    #[arg(long, value_name = "MODE", value_parser = ["zeros", "reflect"])]
+    pub crop_pad_mode: Option<String>,
     #[arg(long, value_name = "NAME", help = names_help(&OptimizerKind::NAMES, "nesterov"))]
     pub optimizer: Option<OptimizerKind>,
     /// Learning rate, or `find` to run the learning-rate finder first (train fit) [default: 0.05]
@@ -169,9 +178,9 @@ pub struct TrainFlags {
     /// L2 regularization strength [default: 5e-4]
     #[arg(long, value_name = "L2")]
     pub weight_decay: Option<f64>,
-    #[arg(long, value_name = "NAME", help = names_help_with(&LrSchedule::NAMES, "cosine", ". step divides the rate by 10 at 50% and 75% of the run"))]
+    #[arg(long, value_name = "NAME", help = names_help_with(&LrSchedule::NAMES, "cosine", ". step divides the rate by 10 at 50% and 75% of the run; triangle climbs from 0.2 x the rate to the rate at 23% of the run, then falls to 0.07 x at the end (airbench's one cycle; it is its own warmup) [fast recipe: triangle]"))]
     pub lr_schedule: Option<LrSchedule>,
-    /// Epochs of linear learning-rate warmup, at most a fifth of --epochs [default: 1]
+    /// Epochs of linear learning-rate warmup, at most a fifth of --epochs; not used by --lr-schedule triangle [default: 1]
     #[arg(long, value_name = "EPOCHS")]
     pub warmup: Option<f64>,
     /// Passes over the training split [default: 10]
@@ -192,7 +201,7 @@ pub struct TrainFlags {
     /// Start from this JSON config (a run's config.json works); flags override it
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Start from a named recipe: default, or fast (the airbench network and the speed record's training: batch 1024, Nesterov 0.85, label smoothing, alternating flips, flip-shift TTA); flags override it
+    /// Start from a named recipe: default, or fast (the airbench network and the speed record's training: batch 1024, Nesterov 0.85, triangle schedule, label smoothing, reflect-padded crops, alternating flips, lookahead, flip-shift TTA); flags override it
     #[arg(long, value_name = "NAME", conflicts_with = "config")]
     pub recipe: Option<String>,
 }
@@ -541,6 +550,8 @@ impl TrainFlags {
             ("--whiten", self.whiten.is_some()),
             ("--norm-scale", self.norm_scale.is_some()),
             ("--identity-init", self.identity_init.is_some()),
+            ("--norm-momentum", self.norm_momentum.is_some()),
+            ("--norm-epsilon", self.norm_epsilon.is_some()),
         ];
         match &mut c.model {
             ModelConfig::Cnn(m) => {
@@ -552,6 +563,12 @@ impl TrainFlags {
                 }
                 if let Some(b) = self.identity_init {
                     m.identity_init = b;
+                }
+                if let Some(v) = self.norm_momentum {
+                    m.norm_momentum = v;
+                }
+                if let Some(v) = self.norm_epsilon {
+                    m.norm_epsilon = v;
                 }
             }
             ModelConfig::Mlp(_) => {
@@ -593,12 +610,15 @@ impl TrainFlags {
         if let Some(a) = self.augment {
             c.augment = a.then(cifar_data::Augmentation::new);
         }
-        if self.crop_pad.is_some() || self.flip.is_some() {
+        if self.crop_pad.is_some() || self.flip.is_some() || self.crop_pad_mode.is_some() {
             let Some(augment) = c.augment.as_mut() else {
                 bail!(
-                    "--crop-pad and --flip shape the augmentation, which --augment false turned off"
+                    "--crop-pad, --crop-pad-mode and --flip shape the augmentation, which --augment false turned off"
                 );
             };
+            if let Some(mode) = &self.crop_pad_mode {
+                augment.reflect = mode == "reflect";
+            }
             if let Some(pad) = self.crop_pad {
                 augment.pad = pad;
             }
@@ -662,7 +682,7 @@ mod tests {
     use super::*;
 
     /// Every `train fit` option that takes a value.
-    const VALUE_FLAGS: [&str; 34] = [
+    const VALUE_FLAGS: [&str; 37] = [
         "--backend",
         "--device",
         "--model",
@@ -675,6 +695,8 @@ mod tests {
         "--whiten",
         "--norm-scale",
         "--identity-init",
+        "--norm-momentum",
+        "--norm-epsilon",
         "--label-smoothing",
         "--norm-shift-lr-scale",
         "--lookahead",
@@ -683,6 +705,7 @@ mod tests {
         "--augment",
         "--crop-pad",
         "--flip",
+        "--crop-pad-mode",
         "--optimizer",
         "--lr",
         "--momentum",
