@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use burn::prelude::*;
-use cifar_data::{Augmentation, CifarBatch, CifarBatcher, EpochOrder, Preprocessing, SplitConfig};
+use cifar_data::{
+    Augmentation, CifarBatch, CifarBatcher, EpochOrder, FeatureShape, Features, Preprocessing,
+    SplitConfig,
+};
 use cifar_models::ModelConfig;
 
 use crate::config::{Backend, OptimizerKind, TrainConfig};
@@ -119,12 +122,37 @@ pub fn train(
         weight_decay: 0.0,
         ..TrainConfig::default()
     };
-    let mut trainer = Trainer::new(&config, &device);
     let input_dims = match model {
         ModelConfig::Mlp(m) => [m.input_size, 1, 1],
         ModelConfig::Cnn(_) => [3, 32, 32],
     };
     let [c, h, w] = input_dims;
+    // A whitening layer is fitted on the images, as `fit` does: left at its
+    // zero filters it would feed the network constant maps, which batch
+    // norm with a tiny epsilon blows up.
+    let mut trainer = match model {
+        ModelConfig::Cnn(cnn) if cnn.whiten > 0 => {
+            let images = Tensor::<4>::random(
+                [batch_size, c, h, w],
+                burn::tensor::Distribution::Normal(0.0, 1.0),
+                &device,
+            );
+            let sample = Features {
+                values: images
+                    .into_data()
+                    .try_into_vec_as::<f32>()
+                    .expect("float images"),
+                labels: vec![0; batch_size],
+                shape: FeatureShape::Image {
+                    channels: c,
+                    height: h,
+                    width: w,
+                },
+            };
+            Trainer::for_data(&config, &device, &sample)?
+        }
+        _ => Trainer::new(&config, &device),
+    };
     let random_batch = |device: &Device| CifarBatch {
         images: Tensor::<4>::random(
             [batch_size, c, h, w],

@@ -799,3 +799,21 @@ fn bench_prints_images_per_second_as_json() {
     assert!(line["images_per_sec"].as_f64().unwrap() > 0.0, "{line}");
     assert_eq!(line["backend"], "flex");
 }
+
+#[test]
+fn bench_times_the_airbench_network_with_its_whitening_fitted() {
+    // Unfitted, the whitening layer's zero filters feed the stages constant
+    // maps, and batch norm's epsilon of 1e-12 turned the loss into NaN.
+    let line = json(&ok(&[
+        "bench",
+        "train",
+        "--model",
+        "airbench",
+        "--batch-size",
+        "8",
+        "--steps",
+        "1",
+        "--json",
+    ]));
+    assert!(line["images_per_sec"].as_f64().unwrap() > 0.0, "{line}");
+}
