@@ -12,19 +12,20 @@
 //! at step `t` of `T`. Early in the run `d` is near 0 and the pull does
 //! nothing; as the rate anneals, the average reaches further back, which
 //! smooths the end of the run as an EMA of the weights does, except that the
-//! network evaluated and trained on is the average itself. Every float
-//! tensor of the module takes part, as in airbench's average of the whole
-//! `state_dict`: batch norm's running statistics follow the weights they
-//! describe, and frozen parameters (a whitening layer, a fixed batch norm
-//! scale), which training never changes, average to themselves and stay
-//! frozen.
+//! network evaluated and trained on is the average itself. Only trained
+//! parameters take part: frozen ones (a whitening layer, a fixed batch norm
+//! scale) and batch norm's running statistics are left as they are.
+//! (airbench also averages the running statistics. Burn keeps a running
+//! state's latest update pending per thread, and the next read replaces
+//! the stored value with it, so a module mapper's write to that value
+//! would not last past the next step.)
 
 use std::collections::HashMap;
 
 use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::prelude::*;
 
-/// The slow average of a module's float tensors, flattened, by id.
+/// The slow average of a module's trained parameters, flattened, by id.
 #[derive(Clone)]
 pub struct Lookahead {
     average: HashMap<ParamId, Tensor<1>>,
@@ -38,12 +39,14 @@ impl Lookahead {
 
     /// An average that starts at `module`'s weights.
     pub fn new<M: Module>(module: &M) -> Self {
-        /// Collects the float tensors.
+        /// Collects the trained parameters.
         struct Collect(HashMap<ParamId, Tensor<1>>);
 
         impl ModuleVisitor for Collect {
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                self.0.insert(param.id, flat(param.val()));
+                if param.is_require_grad() {
+                    self.0.insert(param.id, flat(param.val()));
+                }
             }
         }
 
@@ -66,8 +69,8 @@ impl Lookahead {
         Self::DECAY_PER_STEP.powi(Self::EVERY as i32) * progress.powi(3)
     }
 
-    /// Moves the average toward `module`'s tensors by `1 - decay` and
-    /// returns `module` with them replaced by the new average.
+    /// Moves the average toward `module`'s weights by `1 - decay` and returns
+    /// `module` with its trained weights replaced by the new average.
     ///
     /// # Panics
     ///
@@ -83,8 +86,8 @@ impl Lookahead {
         })
     }
 
-    /// `module` with its tensors replaced by the average, which stays as it
-    /// is (to save it with a checkpoint).
+    /// `module` with its trained weights replaced by the average, which
+    /// stays as it is (to save it with a checkpoint).
     pub fn average_of<M: Module>(&self, module: M) -> M {
         self.clone().pull(module, 1.0)
     }
@@ -104,8 +107,10 @@ struct Pull<'a> {
 
 impl ModuleMapper for Pull<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if !param.is_require_grad() {
+            return param;
+        }
         let id = param.id;
-        let trained = param.is_require_grad();
         param.map(|weights| {
             let shape = weights.shape();
             let current = flat(weights);
@@ -119,12 +124,7 @@ impl ModuleMapper for Pull<'_> {
                 None => current,
             };
             self.average.insert(id, average.clone());
-            let average = average.reshape(shape).detach();
-            if trained {
-                average.require_grad()
-            } else {
-                average
-            }
+            average.reshape(shape).detach().require_grad()
         })
     }
 }
@@ -177,25 +177,17 @@ mod tests {
         // And `average_of` left the average where it was.
         assert_eq!(values(lookahead.average_of(pulled).weight.val()), got);
 
-        // Running statistics are averaged with the weights (airbench
-        // averages the whole state_dict); a frozen scale averages to itself
-        // and stays frozen.
+        // Frozen parameters and running statistics are not averaged.
         let mut norm = BatchNormConfig::new(2).init(&device);
         norm.gamma = norm.gamma.set_require_grad(false);
         let mut lookahead = Lookahead::new(&norm);
         let mut changed = norm.clone();
+        changed.gamma = changed.gamma.map(|g| g.mul_scalar(3.0));
         changed.beta = changed
             .beta
             .map(|b| b.add_scalar(2.0).detach().require_grad());
-        changed.running_mean = burn::module::RunningState::with_id(
-            norm.running_mean.id,
-            Tensor::ones([2], &device).mul_scalar(4.0),
-        );
         let pulled = lookahead.pull(changed, 0.5);
-        assert_eq!(values(pulled.gamma.val()), [1.0, 1.0]);
-        assert!(!pulled.gamma.val().is_require_grad(), "still frozen");
+        assert_eq!(values(pulled.gamma.val()), [3.0, 3.0]);
         assert_eq!(values(pulled.beta.val()), [1.0, 1.0]);
-        // 0.5 · 0 + 0.5 · 4.
-        assert_eq!(values(pulled.running_mean.value()), [2.0, 2.0]);
     }
 }
