@@ -565,9 +565,17 @@ impl TrainFlags {
                     m.identity_init = b;
                 }
                 if let Some(v) = self.norm_momentum {
+                    anyhow::ensure!(
+                        (0.0..=1.0).contains(&v),
+                        "--norm-momentum must be in [0, 1], got {v}"
+                    );
                     m.norm_momentum = v;
                 }
                 if let Some(v) = self.norm_epsilon {
+                    anyhow::ensure!(
+                        v.is_finite() && v > 0.0,
+                        "--norm-epsilon must be a positive number, got {v}"
+                    );
                     m.norm_epsilon = v;
                 }
             }
