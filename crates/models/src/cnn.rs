@@ -288,8 +288,9 @@ impl CnnConfig {
     /// scale, running statistics of momentum 0.4 and epsilon 1e-12; every
     /// convolution starting as the identity on its first channels, the rest
     /// from PyTorch's default initialization (the output layer's too, at
-    /// full scale); global max pooling; logits scaled by 1/9. Fit the whitening filters on the training data before
-    /// training ([`Cnn::with_whitening`]).
+    /// full scale); global max pooling; logits scaled by 1/9. Fit the
+    /// whitening filters on the training data before training
+    /// ([`Cnn::with_whitening`]).
     pub fn airbench() -> Self {
         Self::new(
             [64, 256, 256]

@@ -92,9 +92,7 @@ impl LrSchedule {
     pub const TRIANGLE_PEAK: f64 = 0.23;
     /// [`Triangle`](Self::Triangle)'s factor on the rate at the end.
     pub const TRIANGLE_END: f64 = 0.07;
-}
 
-impl LrSchedule {
     /// The names of the schedules.
     pub const NAMES: Names<LrSchedule> = Names {
         what: "learning-rate schedule",
@@ -207,10 +205,9 @@ impl TrainConfig {
     /// training of the CIFAR-10 speed records (Keller Jordan's airbench94,
     /// after Page's "How to train your ResNet") on the `airbench` network:
     /// 2-pixel crops of the reflect-padded image with alternating flips,
-    /// SGD with Nesterov momentum
-    /// 0.85 and batch 1,024 (airbench's rates rescaled to a mean loss: rate
-    /// 1.5, weight decay 0.002 per step, i.e. 0.0013 as an L2 strength),
-    /// label smoothing 0.2, batch norm shifts learning 64 times faster than
+    /// SGD with Nesterov momentum 0.85 and batch 1,024 (airbench's rates
+    /// rescaled to a mean loss: rate 1.5, weight decay 0.002 per step,
+    /// i.e. 0.0013 as an L2 strength), label smoothing 0.2, batch norm shifts learning 64 times faster than
     /// the other weights (with the same decay per step), lookahead of the
     /// weights, 10 epochs on airbench's triangle schedule (up from a fifth
     /// of the rate over 23% of the run, then down to 7% of it), and
