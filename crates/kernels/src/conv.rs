@@ -15,6 +15,7 @@
 //! convolution with a scalar col2im, which made them the slowest part of a
 //! CNN's training step.
 
+use crate::bf16::{self, Engine};
 use crate::{AffineBackward, NoBias, WithBias, lane_sum};
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::tensor::FloatTensor;
@@ -335,14 +336,14 @@ impl Geometry {
     }
 
     /// Whether this convolution runs as nine shifted products
-    /// ([`shifted_forward`]): 3x3, stride 1, padding 1 all round, at least
-    /// 16 channels in and columns 16 wide.
-    fn shifted(&self) -> bool {
-        self.kernel == [3, 3]
-            && self.pad == [1, 1]
-            && self.same_size()
-            && self.channels >= 16
-            && self.width >= 16
+    /// ([`shifted_forward`]): 3x3, stride 1, padding 1 all round; in f32
+    /// only with at least 16 channels in and columns 16 wide, where it beats
+    /// the unfolded product. With bf16 products the image is packed once
+    /// instead of unfolded nine times ([`bf16::shifted_forward`]), which
+    /// pays at every size (BENCHMARKS.md, "bf16 products on AMX").
+    fn shifted(&self, engine: Engine) -> bool {
+        let same_3x3 = self.kernel == [3, 3] && self.pad == [1, 1] && self.same_size();
+        same_3x3 && (engine != Engine::F32 || (self.channels >= 16 && self.width >= 16))
     }
 
     /// Images per parallel task, so that each core gets a few tasks.
@@ -365,6 +366,26 @@ impl Geometry {
 /// Columns a matrix product should have at least (see
 /// [`Geometry::images_per_product`]).
 const PRODUCT_COLUMNS: usize = 128;
+
+/// `c = a·b` (or `c += a·b`) in faer at f32, or with bf16 inputs
+/// ([`bf16::matmul`], one core: `par` applies to f32 only).
+fn multiply(
+    engine: Engine,
+    c: MatMut<'_, f32>,
+    accum: Accum,
+    a: MatRef<'_, f32>,
+    b: MatRef<'_, f32>,
+    alpha: f32,
+    par: Par,
+) {
+    match engine {
+        Engine::F32 => matmul(c, accum, a, b, alpha, par),
+        engine => {
+            assert_eq!(alpha, 1.0, "bf16 products scale by 1");
+            bf16::matmul(engine, c, accum, a, b)
+        }
+    }
+}
 
 fn row_major(data: &[f32], rows: usize, cols: usize) -> MatRef<'_, f32> {
     MatRef::from_row_major_slice(data, rows, cols)
@@ -395,14 +416,15 @@ fn forward(
     weight: FlexTensor,
     bias: Option<FlexTensor>,
     options: &ConvOptions<2>,
+    engine: Engine,
 ) -> FlexTensor {
     let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
     let g = Geometry::new(x.layout().shape(), weight.layout().shape(), options);
     let (xs, ws): (&[f32], &[f32]) = (x.storage(), weight.storage());
     let bias = bias.map(|b| b.to_contiguous().storage::<f32>().to_vec());
     let (co, k, p) = (g.out_channels, g.patch(), g.positions());
-    if g.shifted() {
-        let out = shifted_forward(xs, ws, bias.as_deref(), &g);
+    if g.shifted(engine) {
+        let out = shifted_forward(xs, ws, bias.as_deref(), &g, engine);
         return tensor(out, &[g.batch, co, g.out_height, g.out_width]);
     }
     let w = row_major(ws, co, k);
@@ -448,7 +470,8 @@ fn forward(
                 } else {
                     Accum::Replace
                 };
-                matmul(
+                multiply(
+                    engine,
                     row_major_mut(target, co, width),
                     accum,
                     w,
@@ -490,8 +513,17 @@ fn forward(
 /// product reads in cache-sized blocks. Measured (BENCHMARKS.md, "Seventh
 /// round"), it pays from rows of 16 and 16 input channels on; smaller maps
 /// waste more of their wider rows, and fewer channels make shallow products.
-fn shifted_forward(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
+fn shifted_forward(
+    xs: &[f32],
+    ws: &[f32],
+    bias: Option<&[f32]>,
+    g: &Geometry,
+    engine: Engine,
+) -> Vec<f32> {
     let (c, co, h, w) = (g.channels, g.out_channels, g.height, g.width);
+    if engine != Engine::F32 {
+        return bf16::shifted_forward(engine, xs, ws, bias, [g.batch, c, co, h, w]);
+    }
     let s = Shifts::new(g);
     let wide = h * s.row;
     let depth = s.copies * c;
@@ -522,7 +554,8 @@ fn shifted_forward(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, g: &Geometry) -
                             } else {
                                 Accum::Add
                             };
-                            matmul(
+                            multiply(
+                                engine,
                                 row_major_mut(wide_out, co, wide),
                                 accum,
                                 row_major(
@@ -655,8 +688,16 @@ impl Shifts {
 /// The weight and bias gradients of a [`shifted_forward`] convolution:
 /// `dW[:, :, i, j] = Σ dY · X_ijᵀ` over the images, with `dY` on the same
 /// rows of `W + 1` (its extra value per row zero).
-fn shifted_weight_gradient(xs: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>, Vec<f32>) {
+fn shifted_weight_gradient(
+    xs: &[f32],
+    dy: &[f32],
+    g: &Geometry,
+    engine: Engine,
+) -> (Vec<f32>, Vec<f32>) {
     let (c, co, h, w) = (g.channels, g.out_channels, g.height, g.width);
+    if engine != Engine::F32 {
+        return bf16::shifted_weight_gradient(engine, xs, dy, [g.batch, c, co, h, w]);
+    }
     let s = Shifts::new(g);
     let wide = h * s.row;
     let depth = s.copies * c;
@@ -689,7 +730,8 @@ fn shifted_weight_gradient(xs: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>, V
                     }
                 }
                 for p in 0..s.products() {
-                    matmul(
+                    multiply(
+                        engine,
                         row_major_mut(&mut dw[p * co * depth..(p + 1) * co * depth], co, depth),
                         Accum::Add,
                         row_major(&dy_wide, co, wide),
@@ -736,6 +778,7 @@ fn same_size_input_gradient(
     weight: &[f32],
     g: &Geometry,
     options: &ConvOptions<2>,
+    engine: Engine,
 ) -> FlexTensor {
     let ([kh, kw], c, co) = (g.kernel, g.channels, g.out_channels);
     let mut turned = vec![0f32; c * co * kh * kw];
@@ -756,6 +799,7 @@ fn same_size_input_gradient(
         tensor(turned, &[c, co, kh, kw]),
         None,
         &options,
+        engine,
     )
 }
 
@@ -774,6 +818,7 @@ fn backward(
     grad: FlexTensor,
     options: &ConvOptions<2>,
     input_grad: bool,
+    engine: Engine,
 ) -> (Option<FlexTensor>, FlexTensor, FlexTensor) {
     let (x, weight, grad) = (
         x.to_contiguous(),
@@ -784,12 +829,12 @@ fn backward(
     let (xs, ws, dy): (&[f32], &[f32], &[f32]) = (x.storage(), weight.storage(), grad.storage());
     // A same-size convolution's input gradient is a convolution of its own;
     // the pass below then computes the weight and bias gradients only.
-    let same_size_dx =
-        (input_grad && g.same_size()).then(|| same_size_input_gradient(&grad, ws, &g, options));
+    let same_size_dx = (input_grad && g.same_size())
+        .then(|| same_size_input_gradient(&grad, ws, &g, options, engine));
     let input_grad = input_grad && same_size_dx.is_none();
     let (co, k, p) = (g.out_channels, g.patch(), g.positions());
-    if g.shifted() {
-        let (dw, bias) = shifted_weight_gradient(xs, dy, &g);
+    if g.shifted(engine) {
+        let (dw, bias) = shifted_weight_gradient(xs, dy, &g, engine);
         let shape = weight.layout().shape().clone();
         return (
             same_size_dx,
@@ -850,7 +895,8 @@ fn backward(
                 images
             };
             // dW += dY · colsᵀ
-            matmul(
+            multiply(
+                engine,
                 row_major_mut(&mut acc.weight, co, k),
                 Accum::Add,
                 dy,
@@ -865,7 +911,8 @@ fn backward(
                 } else {
                     &mut images_grad[..]
                 };
-                matmul(
+                multiply(
+                    engine,
                     row_major_mut(target, k, width),
                     Accum::Replace,
                     w.transpose(),
@@ -900,7 +947,7 @@ impl ConvKernels for Flex {
         bias: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        forward(x, weight, Some(bias), &options)
+        forward(x, weight, Some(bias), &options, bf16::engine())
     }
 
     fn conv2d_unfolded_no_bias(
@@ -908,7 +955,7 @@ impl ConvKernels for Flex {
         weight: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        forward(x, weight, None, &options)
+        forward(x, weight, None, &options, bf16::engine())
     }
 
     fn conv2d_unfolded_backward(
@@ -922,7 +969,7 @@ impl ConvKernels for Flex {
         FloatTensor<Self>,
         FloatTensor<Self>,
     ) {
-        backward(x, weight, grad, &options, input_grad)
+        backward(x, weight, grad, &options, input_grad, bf16::engine())
     }
 }
 
@@ -1229,6 +1276,134 @@ mod tests {
                 burn::tensor::module::conv2d(x, w, Some(b), options(1, 1)),
                 "forward",
             );
+        }
+    }
+
+    /// `n` values in (-1, 1) from a fixed sequence, rounded to bf16 when
+    /// `bf16`.
+    fn values(n: usize, seed: u32, bf16: bool) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(7);
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                let v = (state as f32 / u32::MAX as f32) * 2.0 - 1.0;
+                if bf16 { crate::round_to_bf16(v) } else { v }
+            })
+            .collect()
+    }
+
+    /// The largest difference between two tensors' values, and the larger
+    /// tensor's largest magnitude.
+    fn difference(a: &FlexTensor, b: &FlexTensor) -> (f32, f32) {
+        let (a, b) = (a.to_contiguous(), b.to_contiguous());
+        let (a, b) = (crate::values(&a), crate::values(&b));
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        (worst, scale)
+    }
+
+    #[test]
+    fn bf16_products_run_every_path_of_the_convolution() {
+        // Inputs that are bf16 values already lose nothing to rounding, so
+        // the bf16 engine must give the f32 results up to the order of the
+        // sums, in every path: that catches an operand packed or routed
+        // wrong. Inputs that are not lose about 2⁻⁹ relative per factor.
+        let mut engines = vec![Engine::Emulated];
+        if crate::bf16_available() {
+            engines.push(Engine::Amx);
+        } else {
+            eprintln!("no AMX on this machine: checking the emulated engine only");
+        }
+        let cases = [
+            (
+                [2, 16, 16, 16],
+                8,
+                [3, 3],
+                options(1, 1),
+                "shifted, three copies",
+            ),
+            (
+                [2, 64, 16, 16],
+                4,
+                [3, 3],
+                options(1, 1),
+                "shifted, one copy",
+            ),
+            (
+                [3, 5, 9, 7],
+                6,
+                [3, 3],
+                options(1, 1),
+                "same size, odd sizes",
+            ),
+            (
+                [16, 8, 3, 3],
+                8,
+                [3, 3],
+                options(1, 1),
+                "small maps (grouped in f32)",
+            ),
+            ([2, 6, 8, 8], 4, [1, 1], options(1, 0), "pointwise"),
+            (
+                [2, 3, 9, 9],
+                4,
+                [3, 3],
+                options(2, 1),
+                "strided, folded back",
+            ),
+            ([2, 3, 8, 8], 6, [2, 2], options(1, 0), "2x2 as whitening"),
+        ];
+        for (engine, (seed, (x, co, [kh, kw], options, what))) in engines
+            .into_iter()
+            .flat_map(|e| cases.clone().into_iter().enumerate().map(move |c| (e, c)))
+        {
+            let [n, c, h, w] = x;
+            let seed = seed as u32 * 4;
+            let g = Geometry::new(&x, &[co, c, kh, kw], &options);
+            let dy_len = n * co * g.out_height * g.out_width;
+            let dy_shape = [n, co, g.out_height, g.out_width];
+            for rounded in [true, false] {
+                let xs = tensor(values(n * c * h * w, seed, rounded), &x);
+                let ws = tensor(
+                    values(co * c * kh * kw, seed + 1, rounded),
+                    &[co, c, kh, kw],
+                );
+                let bias = tensor(values(co, seed + 2, false), &[co]);
+                let dy = tensor(values(dy_len, seed + 3, rounded), &dy_shape);
+                let run = |engine| {
+                    let y = forward(xs.clone(), ws.clone(), Some(bias.clone()), &options, engine);
+                    let (dx, dw, db) =
+                        backward(xs.clone(), ws.clone(), dy.clone(), &options, true, engine);
+                    [y, dx.expect("input gradient asked"), dw, db]
+                };
+                let (f32s, bf16s) = (run(Engine::F32), run(engine));
+                for (part, (a, b)) in [
+                    "output",
+                    "input gradient",
+                    "weight gradient",
+                    "bias gradient",
+                ]
+                .iter()
+                .zip(bf16s.iter().zip(&f32s))
+                {
+                    let (worst, scale) = difference(a, b);
+                    let bound = if rounded { 1e-5 } else { 2e-2 };
+                    assert!(
+                        worst <= bound * scale,
+                        "{engine:?}, {what}, {part}, rounded inputs {rounded}: off by {worst} (scale {scale})"
+                    );
+                    if !rounded && *part != "bias gradient" {
+                        assert!(worst > 0.0, "{what}, {part}: bf16 rounding changed nothing");
+                    }
+                }
+            }
         }
     }
 }

@@ -11,6 +11,7 @@
 //! Measured in the project's BENCHMARKS.md ("CPU speed").
 
 mod activation;
+mod bf16;
 mod conv;
 mod linear;
 mod norm;
@@ -224,6 +225,10 @@ fn register_gradients<B: Backend, L: AffineBackward<B>>(
 }
 
 pub use activation::{ActivationKernels, gelu, relu};
+pub use bf16::{
+    Bf16Unavailable, MatmulPrecision, bf16_available, matmul_precision, round_to_bf16,
+    set_matmul_precision,
+};
 pub use conv::{ConvKernels, conv2d};
 pub use linear::{LinearKernels, linear};
 pub use norm::{BatchNormTrained, NormKernels, batch_norm_relu_train, batch_norm_train};

@@ -3,8 +3,9 @@
 
 use std::str::FromStr;
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 use burn::prelude::*;
+use cifar_kernels::MatmulPrecision;
 
 use crate::config::Backend;
 
@@ -60,6 +61,25 @@ impl std::fmt::Display for Adapter {
             Adapter::Cpu => f.write_str("cpu"),
         }
     }
+}
+
+/// The device of `backend` on `adapter` (as [`device_on`]), with the
+/// convolutions' matrix products at `precision` for the rest of the process
+/// (flex only: bf16 needs AMX, and the other backends compute in f32).
+pub fn device_with(
+    backend: Backend,
+    adapter: Adapter,
+    precision: MatmulPrecision,
+) -> Result<Device> {
+    if precision != MatmulPrecision::F32 && backend != Backend::Flex {
+        bail!(
+            "--matmul-precision {precision} runs the flex backend's convolutions: use --backend \
+             flex, or --matmul-precision f32 with --backend {backend}"
+        );
+    }
+    cifar_kernels::set_matmul_precision(precision)
+        .map_err(|e| anyhow!("--matmul-precision {precision}: {e}; use --matmul-precision f32"))?;
+    device_on(backend, adapter)
 }
 
 /// The device of `backend`, checked by running one small operation on it.

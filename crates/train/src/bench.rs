@@ -11,6 +11,7 @@ use cifar_data::{
     Augmentation, CifarBatch, CifarBatcher, EpochOrder, FeatureShape, Features, Preprocessing,
     SplitConfig,
 };
+use cifar_kernels::MatmulPrecision;
 use cifar_models::ModelConfig;
 
 use crate::config::{Backend, OptimizerKind, TrainConfig};
@@ -96,8 +97,8 @@ pub fn data(data: Option<&Path>, download: bool) -> Result<()> {
 
 /// Training steps (forward, cross-entropy, backward, SGD momentum 0.9) on
 /// random data, through the same [`Trainer::step`] as `train fit`; with
-/// `monitor_every`, the layer monitor watches the steps as it does in `fit`.
-/// Prints one line of text, or with `json` one JSON object
+/// `monitor_every`, the layer monitor watches the steps as it does in `fit`;
+/// the convolutions' products run at `precision`. Prints one line of text, or with `json` one JSON object
 /// (`{"images_per_sec": ...}`); returns the images per second.
 pub fn train(
     model: &ModelConfig,
@@ -105,13 +106,14 @@ pub fn train(
     batch_size: usize,
     steps: usize,
     monitor_every: Option<usize>,
+    precision: MatmulPrecision,
     json: bool,
 ) -> Result<f64> {
     anyhow::ensure!(
         steps > 0 && batch_size > 0,
         "--steps and --batch-size must be positive"
     );
-    let device = crate::backend::device(backend)?;
+    let device = crate::backend::device_with(backend, Default::default(), precision)?;
     // A small rate keeps the loss on one repeated random batch from diverging
     // (PyTorch's reference uses 0.01 on fresh batches); the work per step is
     // the same at any rate.
@@ -120,6 +122,7 @@ pub fn train(
         optimizer: OptimizerKind::Momentum,
         lr: BENCH_LR,
         weight_decay: 0.0,
+        matmul_precision: precision,
         ..TrainConfig::default()
     };
     let input_dims = match model {

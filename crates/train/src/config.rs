@@ -4,6 +4,7 @@
 //! its fields; the run folder keeps the result as `config.json`.
 
 use cifar_data::{Augmentation, Preprocessing, SplitConfig};
+use cifar_kernels::MatmulPrecision;
 use cifar_models::ModelConfig;
 use cifar_spelling::Names;
 use serde::{Deserialize, Serialize};
@@ -161,6 +162,11 @@ pub struct TrainConfig {
     /// ([`Lookahead`](crate::lookahead::Lookahead), airbench's schedule).
     #[serde(default)]
     pub lookahead: bool,
+    /// The precision of the convolutions' matrix products on flex: f32, or
+    /// bf16 inputs with f32 sums on CPUs with AMX
+    /// ([`cifar_kernels::set_matmul_precision`]).
+    #[serde(default)]
+    pub matmul_precision: MatmulPrecision,
 }
 
 /// The default of [`TrainConfig::norm_shift_lr_scale`] (for config files
@@ -193,6 +199,7 @@ impl Default for TrainConfig {
             tta: Tta::None,
             norm_shift_lr_scale: 1.0,
             lookahead: false,
+            matmul_precision: MatmulPrecision::F32,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use anyhow::{Result, bail};
 use cifar_data::Preprocessing;
+use cifar_kernels::MatmulPrecision;
 use cifar_models::{ActivationConfig, Init, ModelConfig, StageConfig};
 use cifar_train::backend::Adapter;
 use cifar_train::config::{Backend, LrSchedule, OptimizerKind, TrainConfig};
@@ -151,6 +152,8 @@ pub struct TrainFlags {
     /// Every 5 steps, pull the weights back to a slow average of themselves, which reaches further back as the run ends (lookahead, airbench's schedule; `--lookahead` alone means true) [default: false; fast recipe: true]
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub lookahead: Option<bool>,
+    #[arg(long, value_name = "NAME", help = names_help_with(&MatmulPrecision::NAMES, "f32", ": the convolutions' matrix products on flex; bf16 rounds their inputs to bf16 and sums in f32, as PyTorch's CPU autocast, on the AMX tiles of Intel Xeon 4th generation and later (about 2x faster training of the airbench network)"))]
+    pub matmul_precision: Option<MatmulPrecision>,
     #[arg(long, value_name = "NAME", help = names_help_with(&Tta::NAMES, "none", ": test-time augmentation of the validation and test predictions; flip averages the image and its mirror, flip-shift also their 1-pixel shifts"))]
     pub tta: Option<Tta>,
     #[arg(long, value_name = "METHOD", help = format!("{} [default: standardize]", Preprocessing::SPELLINGS))]
@@ -442,6 +445,8 @@ pub struct BenchArgs {
     /// Run the layer monitor every K steps during the timed steps (train), to measure its cost
     #[arg(long, value_name = "K")]
     pub monitor_every: Option<usize>,
+    #[arg(long, value_name = "NAME", default_value = "f32", hide_default_value = true, help = names_help_with(&MatmulPrecision::NAMES, "f32", ": the convolutions' matrix products (train), as in train fit"))]
+    pub matmul_precision: MatmulPrecision,
     /// Print one JSON object ({"images_per_sec": ...}) instead of text (train)
     #[arg(long)]
     pub json: bool,
@@ -596,6 +601,9 @@ impl TrainFlags {
         if let Some(b) = self.lookahead {
             c.lookahead = b;
         }
+        if let Some(p) = self.matmul_precision {
+            c.matmul_precision = p;
+        }
         if let Some(t) = self.tta {
             c.tta = t;
         }
@@ -690,7 +698,7 @@ mod tests {
     use super::*;
 
     /// Every `train fit` option that takes a value.
-    const VALUE_FLAGS: [&str; 37] = [
+    const VALUE_FLAGS: [&str; 38] = [
         "--backend",
         "--device",
         "--model",
@@ -708,6 +716,7 @@ mod tests {
         "--label-smoothing",
         "--norm-shift-lr-scale",
         "--lookahead",
+        "--matmul-precision",
         "--tta",
         "--preprocess",
         "--augment",

@@ -14,6 +14,7 @@ pub fn bench_command(args: &BenchArgs) -> Result<()> {
             args.batch_size,
             args.steps,
             args.monitor_every,
+            args.matmul_precision,
             args.json,
         )
         .map(|_| ()),

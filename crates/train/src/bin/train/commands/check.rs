@@ -18,7 +18,11 @@ pub fn check_command(args: &CheckArgs) -> Result<()> {
     }
     anyhow::ensure!(args.overfit_steps > 0, "--overfit-steps must be at least 1");
     let config = args.flags.to_config(None)?;
-    let device = backend::device_on(config.backend, args.flags.device.unwrap_or_default())?;
+    let device = backend::device_with(
+        config.backend,
+        args.flags.device.unwrap_or_default(),
+        config.matmul_precision,
+    )?;
     let progress = Progress::new(args.json);
     let (_, prepared) = load_prepared(&args.flags, &config, None, progress)?;
     let options = CheckOptions {

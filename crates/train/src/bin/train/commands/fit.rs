@@ -197,7 +197,11 @@ pub fn fit_command(args: &FitArgs) -> Result<()> {
             config.lr
         );
     }
-    let device = backend::device_on(config.backend, args.flags.device.unwrap_or_default())?;
+    let device = backend::device_with(
+        config.backend,
+        args.flags.device.unwrap_or_default(),
+        config.matmul_precision,
+    )?;
     if config.backend == Backend::Wgpu {
         progress.line(&format!(
             "training on wgpu, adapter {}",

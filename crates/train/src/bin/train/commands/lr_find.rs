@@ -59,7 +59,11 @@ pub fn lr_find_command(args: &LrFindArgs) -> Result<()> {
     };
     finder.validate().map_err(anyhow::Error::msg)?;
     let config = args.flags.to_config(None)?;
-    let device = backend::device_on(config.backend, args.flags.device.unwrap_or_default())?;
+    let device = backend::device_with(
+        config.backend,
+        args.flags.device.unwrap_or_default(),
+        config.matmul_precision,
+    )?;
     let progress = Progress::new(args.json);
     let (_, prepared) = load_prepared(&args.flags, &config, None, progress)?;
     let run = RunDir::create(

@@ -24,6 +24,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use burn::prelude::*;
+use cifar_kernels::MatmulPrecision;
 use cifar_train::backend;
 use cifar_train::config::{Backend, TrainConfig};
 use cifar_train::dataset::{self, Prepared};
@@ -94,7 +95,16 @@ fn load_run(
 ) -> Result<(RunDir, TrainConfig, Device, cifar_models::Model)> {
     let run = RunDir::open(dir)?;
     let config = run.load_config()?;
-    let device = backend::device(backend.unwrap_or(config.backend))?;
+    let backend = backend.unwrap_or(config.backend);
+    // The run's products where this machine runs them, f32 otherwise (a
+    // model trained with bf16 products evaluates as well in f32).
+    let precision = match config.matmul_precision {
+        MatmulPrecision::Bf16 if backend == Backend::Flex && cifar_kernels::bf16_available() => {
+            MatmulPrecision::Bf16
+        }
+        _ => MatmulPrecision::F32,
+    };
+    let device = backend::device_with(backend, Default::default(), precision)?;
     let model = run.load_best(config.model.init(&device))?;
     Ok((run, config, device, model))
 }
