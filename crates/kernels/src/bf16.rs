@@ -343,64 +343,37 @@ impl Packed<'_> {
     /// configured ([`configure_tiles`]) on this thread.
     #[cfg(target_arch = "x86_64")]
     unsafe fn amx_block(&self, m0: usize, panel: usize, out: &mut [[f32; BLOCK]; BLOCK]) {
-        use std::arch::asm;
         let a_stride = self.kpad * 2;
-        let b_stride = BLOCK * 4;
         let panel_words = self.kpad / 2 * BLOCK;
         // SAFETY: every tile read lies inside the packed buffers: rows
         // `m0..m0 + 32 ≤ mpad` of A at columns `kb·32..+32 ≤ kpad`, rows
-        // `kb·16..+16 ≤ kpad / 2` of B's panel; the stores fill `out`'s
-        // 32 rows of 128 bytes.
+        // `kb·16..+16 ≤ kpad / 2` of B's panel; the stores fill `out`.
         unsafe {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack)
-            );
+            zero_sums();
             let a = self.a.as_ptr().add(m0 * self.kpad);
             let b = self.b.as_ptr().add(panel * panel_words);
             for kb in 0..self.kpad / BLOCK {
-                let a0 = a.add(kb * BLOCK);
-                let b0 = b.add(kb * TILE * BLOCK);
-                asm!(
-                    "tileloadd tmm4, [{a0} + {sa}*1]",
-                    "tileloadd tmm5, [{a1} + {sa}*1]",
-                    "tileloadd tmm6, [{b0} + {sb}*1]",
-                    "tileloadd tmm7, [{b1} + {sb}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
-                    a0 = in(reg) a0,
-                    a1 = in(reg) a0.add(TILE * self.kpad),
-                    b0 = in(reg) b0,
-                    b1 = in(reg) b0.add(TILE),
-                    sa = in(reg) a_stride,
-                    sb = in(reg) b_stride,
-                    options(nostack, readonly)
+                multiply_tiles(
+                    a.add(kb * BLOCK),
+                    a_stride,
+                    b.add(kb * TILE * BLOCK),
+                    BLOCK * 4,
                 );
             }
-            store_tiles(out);
+            store_sums(out.as_mut_ptr().cast(), BLOCK * 4);
         }
     }
 
     /// [`amx_block`](Self::amx_block) in plain Rust: each sum in pairs, as
     /// the tile unit takes them.
     fn emulated_block(&self, m0: usize, panel: usize, out: &mut [[f32; BLOCK]; BLOCK]) {
-        let value = |h: u16| f32::from_bits(u32::from(h) << 16);
         let panel_words = &self.b[panel * self.kpad / 2 * BLOCK..][..self.kpad / 2 * BLOCK];
         for (i, out_row) in out.iter_mut().enumerate() {
             let a_row = &self.a[(m0 + i) * self.kpad..][..self.kpad];
             for (j, o) in out_row.iter_mut().enumerate() {
-                let mut sum = 0f32;
-                for (p, a) in a_row.chunks_exact(2).enumerate() {
-                    let w = panel_words[p * BLOCK + j];
-                    let (lo, hi) = (value(w as u16), value((w >> 16) as u16));
-                    sum += value(a[0]) * lo + value(a[1]) * hi;
-                }
-                *o = sum;
+                let sum = a_row.chunks_exact(2).enumerate();
+                let sum = sum.map(|(p, a)| pair_product(a, panel_words[p * BLOCK + j]));
+                *o = sum.sum();
             }
         }
     }
@@ -440,16 +413,96 @@ unsafe fn configure_tiles() {
     unsafe { std::arch::asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly)) };
 }
 
-/// Stores the four tiles of sums (`tmm0-3`) into a 32x32 block.
+/// Zeroes the four tiles of sums (`tmm0-3`).
 ///
 /// # Safety
 ///
 /// Tiles configured on this thread ([`configure_tiles`]).
 #[cfg(target_arch = "x86_64")]
-unsafe fn store_tiles(out: &mut [[f32; BLOCK]; BLOCK]) {
-    let c = out.as_mut_ptr().cast::<f32>();
-    // SAFETY: four 16x16 tiles of f32, rows 128 bytes apart, fill the
-    // 32 rows of 32 values of `out`.
+#[inline(always)]
+unsafe fn zero_sums() {
+    // SAFETY: configured tiles (the caller's promise); no memory access.
+    unsafe {
+        std::arch::asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack, nomem)
+        )
+    };
+}
+
+/// One step of a 32x32 block over 32 of its depth: the sums (`tmm0-3`)
+/// plus the A tiles (16 rows of 32 bf16 at `a` and 16 rows further on,
+/// rows `a_stride` bytes apart) times the B tiles (16 rows of 16 pairs at
+/// `b` and 16 words further on, rows `b_stride` bytes apart).
+///
+/// # Safety
+///
+/// Tiles configured on this thread; the 32 rows of 64 bytes from `a` and
+/// the 16 rows of 128 bytes from `b` readable.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn multiply_tiles(a: *const u16, a_stride: usize, b: *const u32, b_stride: usize) {
+    // SAFETY: the caller's promise.
+    unsafe {
+        std::arch::asm!(
+            "tileloadd tmm4, [{a0} + {sa}*1]",
+            "tileloadd tmm5, [{a1} + {sa}*1]",
+            "tileloadd tmm6, [{b0} + {sb}*1]",
+            "tileloadd tmm7, [{b1} + {sb}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            a0 = in(reg) a,
+            a1 = in(reg) a.byte_add(TILE * a_stride),
+            b0 = in(reg) b,
+            b1 = in(reg) b.add(TILE),
+            sa = in(reg) a_stride,
+            sb = in(reg) b_stride,
+            options(nostack, readonly)
+        )
+    };
+}
+
+/// Loads the four tiles of sums from a 32x32 block of f32 at `c`, rows
+/// `stride` bytes apart.
+///
+/// # Safety
+///
+/// Tiles configured on this thread; the 32 rows of 128 bytes readable.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn load_sums(c: *const f32, stride: usize) {
+    // SAFETY: the caller's promise.
+    unsafe {
+        std::arch::asm!(
+            "tileloadd tmm0, [{c00} + {s}*1]",
+            "tileloadd tmm1, [{c01} + {s}*1]",
+            "tileloadd tmm2, [{c10} + {s}*1]",
+            "tileloadd tmm3, [{c11} + {s}*1]",
+            c00 = in(reg) c,
+            c01 = in(reg) c.add(TILE),
+            c10 = in(reg) c.byte_add(TILE * stride),
+            c11 = in(reg) c.byte_add(TILE * stride).add(TILE),
+            s = in(reg) stride,
+            options(nostack, readonly)
+        )
+    };
+}
+
+/// Stores the four tiles of sums into a 32x32 block of f32 at `c`, rows
+/// `stride` bytes apart.
+///
+/// # Safety
+///
+/// Tiles configured on this thread; the 32 rows of 128 bytes writable.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store_sums(c: *mut f32, stride: usize) {
+    // SAFETY: the caller's promise.
     unsafe {
         std::arch::asm!(
             "tilestored [{c00} + {s}*1], tmm0",
@@ -458,12 +511,19 @@ unsafe fn store_tiles(out: &mut [[f32; BLOCK]; BLOCK]) {
             "tilestored [{c11} + {s}*1], tmm3",
             c00 = in(reg) c,
             c01 = in(reg) c.add(TILE),
-            c10 = in(reg) c.add(TILE * BLOCK),
-            c11 = in(reg) c.add(TILE * BLOCK + TILE),
-            s = in(reg) BLOCK * 4,
+            c10 = in(reg) c.byte_add(TILE * stride),
+            c11 = in(reg) c.byte_add(TILE * stride).add(TILE),
+            s = in(reg) stride,
             options(nostack)
-        );
-    }
+        )
+    };
+}
+
+/// `a[0]·lo + a[1]·hi` for a bf16 pair `a` and a word of two bf16 values,
+/// as one step of `tdpbf16ps` (for the emulated engine).
+fn pair_product(a: &[u16], word: u32) -> f32 {
+    let value = |h: u32| f32::from_bits(h << 16);
+    value(u32::from(a[0])) * value(word & 0xffff) + value(u32::from(a[1])) * value(word >> 16)
 }
 
 /// Runs `f`, which computes blocks on `engine`, with the tiles configured

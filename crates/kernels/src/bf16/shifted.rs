@@ -12,7 +12,9 @@
 //! values, one zero then the row, so that the output comes out on rows of
 //! `W + 1` whose last value is dropped.
 
-use super::{BLOCK, Engine, Line, TILE, bf16_bits, lines, pair, words, write_block};
+use super::{BLOCK, Engine, Line, TILE, bf16_bits, lines, pair, pair_product, words, write_block};
+#[cfg(target_arch = "x86_64")]
+use super::{load_sums, multiply_tiles, store_sums, zero_sums};
 use faer::Accum;
 use rayon::prelude::*;
 
@@ -113,7 +115,6 @@ impl Sizes {
         (m0, n0): (usize, usize),
         out: &mut [[f32; BLOCK]; BLOCK],
     ) {
-        use std::arch::asm;
         let (kpad, mpad, plane) = (self.kpad, self.mpad, self.plane);
         assert!(weights.len() >= 9 * mpad * kpad && pairs.len() >= kpad / 2 * plane);
         // SAFETY: the A tiles read rows `m0..m0 + 32 ≤ mpad` of an offset's
@@ -122,39 +123,20 @@ impl Sizes {
         // wide`, so `n0 + 32 ≤ wide` rounded up to 32, and `offset ≤ 2·row
         // + 2`); the stores fill `out`.
         unsafe {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack)
-            );
+            zero_sums();
             for t in 0..9 {
                 let a = weights.as_ptr().add((t * mpad + m0) * kpad);
                 let b = pairs.as_ptr().add(self.offset(t) + n0);
                 for kb in 0..kpad / BLOCK {
-                    let a0 = a.add(kb * BLOCK);
-                    let b0 = b.add(kb * TILE * plane);
-                    asm!(
-                        "tileloadd tmm4, [{a0} + {sa}*1]",
-                        "tileloadd tmm5, [{a1} + {sa}*1]",
-                        "tileloadd tmm6, [{b0} + {sb}*1]",
-                        "tileloadd tmm7, [{b1} + {sb}*1]",
-                        "tdpbf16ps tmm0, tmm4, tmm6",
-                        "tdpbf16ps tmm1, tmm4, tmm7",
-                        "tdpbf16ps tmm2, tmm5, tmm6",
-                        "tdpbf16ps tmm3, tmm5, tmm7",
-                        a0 = in(reg) a0,
-                        a1 = in(reg) a0.add(TILE * kpad),
-                        b0 = in(reg) b0,
-                        b1 = in(reg) b0.add(TILE),
-                        sa = in(reg) kpad * 2,
-                        sb = in(reg) plane * 4,
-                        options(nostack, readonly)
+                    multiply_tiles(
+                        a.add(kb * BLOCK),
+                        kpad * 2,
+                        b.add(kb * TILE * plane),
+                        plane * 4,
                     );
                 }
             }
-            super::store_tiles(out);
+            store_sums(out.as_mut_ptr().cast(), BLOCK * 4);
         }
     }
 
@@ -166,16 +148,13 @@ impl Sizes {
         (m0, n0): (usize, usize),
         out: &mut [[f32; BLOCK]; BLOCK],
     ) {
-        let value = |h: u32| f32::from_bits(h << 16);
         for (i, out_row) in out.iter_mut().enumerate() {
             for (j, o) in out_row.iter_mut().enumerate() {
                 let mut sum = 0f32;
                 for t in 0..9 {
                     let a = &weights[(t * self.mpad + m0 + i) * self.kpad..][..self.kpad];
                     for (p, a) in a.chunks_exact(2).enumerate() {
-                        let word = pairs[p * self.plane + self.offset(t) + n0 + j];
-                        sum += value(u32::from(a[0])) * value(word & 0xffff)
-                            + value(u32::from(a[1])) * value(word >> 16);
+                        sum += pair_product(a, pairs[p * self.plane + self.offset(t) + n0 + j]);
                     }
                 }
                 *o = sum;
@@ -335,7 +314,6 @@ impl Sizes {
         (m0, n0): (usize, usize),
         sums: &mut [f32],
     ) {
-        use std::arch::asm;
         let (plane, npad, depth) = (self.plane, self.npad(), self.depth());
         assert!(image.len() >= self.kpad * plane && grad.len() >= depth / 2 * npad);
         assert!(sums.len() >= self.kpad * npad && m0 + BLOCK <= self.kpad && n0 + BLOCK <= npad);
@@ -346,54 +324,13 @@ impl Sizes {
         // `n0..+32` (all checked above).
         unsafe {
             let c = sums.as_mut_ptr().add(m0 * npad + n0);
-            let cs = npad * 4;
-            asm!(
-                "tileloadd tmm0, [{c00} + {s}*1]",
-                "tileloadd tmm1, [{c01} + {s}*1]",
-                "tileloadd tmm2, [{c10} + {s}*1]",
-                "tileloadd tmm3, [{c11} + {s}*1]",
-                c00 = in(reg) c,
-                c01 = in(reg) c.add(TILE),
-                c10 = in(reg) c.add(TILE * npad),
-                c11 = in(reg) c.add(TILE * npad + TILE),
-                s = in(reg) cs,
-                options(nostack, readonly)
-            );
+            load_sums(c, npad * 4);
             let a = image.as_ptr().add(m0 * plane + self.offset(t));
             let b = grad.as_ptr().add(n0);
             for k0 in (0..depth).step_by(BLOCK) {
-                let a0 = a.add(k0);
-                let b0 = b.add(k0 / 2 * npad);
-                asm!(
-                    "tileloadd tmm4, [{a0} + {sa}*1]",
-                    "tileloadd tmm5, [{a1} + {sa}*1]",
-                    "tileloadd tmm6, [{b0} + {sb}*1]",
-                    "tileloadd tmm7, [{b1} + {sb}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
-                    a0 = in(reg) a0,
-                    a1 = in(reg) a0.add(TILE * plane),
-                    b0 = in(reg) b0,
-                    b1 = in(reg) b0.add(TILE),
-                    sa = in(reg) plane * 2,
-                    sb = in(reg) npad * 4,
-                    options(nostack, readonly)
-                );
+                multiply_tiles(a.add(k0), plane * 2, b.add(k0 / 2 * npad), npad * 4);
             }
-            asm!(
-                "tilestored [{c00} + {s}*1], tmm0",
-                "tilestored [{c01} + {s}*1], tmm1",
-                "tilestored [{c10} + {s}*1], tmm2",
-                "tilestored [{c11} + {s}*1], tmm3",
-                c00 = in(reg) c,
-                c01 = in(reg) c.add(TILE),
-                c10 = in(reg) c.add(TILE * npad),
-                c11 = in(reg) c.add(TILE * npad + TILE),
-                s = in(reg) cs,
-                options(nostack)
-            );
+            store_sums(c, npad * 4);
         }
     }
 
@@ -406,17 +343,12 @@ impl Sizes {
         (m0, n0): (usize, usize),
         sums: &mut [f32],
     ) {
-        let value = |h: u32| f32::from_bits(h << 16);
         let npad = self.npad();
         for i in m0..m0 + BLOCK {
             let a = &image[i * self.plane + self.offset(t)..][..self.depth()];
             for j in n0..n0 + BLOCK {
-                let mut sum = 0f32;
-                for (p, a) in a.chunks_exact(2).enumerate() {
-                    let word = grad[p * npad + j];
-                    sum += value(u32::from(a[0])) * value(word & 0xffff)
-                        + value(u32::from(a[1])) * value(word >> 16);
-                }
+                let sum = a.chunks_exact(2).enumerate();
+                let sum: f32 = sum.map(|(p, a)| pair_product(a, grad[p * npad + j])).sum();
                 sums[i * npad + j] += sum;
             }
         }
