@@ -293,9 +293,14 @@ fn a_training_step_on_flex_equals_ndarray() {
                 "logits: flex {x} vs ndarray {y}"
             );
         }
+        // The input gradient comes back through six batch norms of a batch
+        // of two images, each dividing by a standard deviation that the two
+        // backends sum in a different order: over random initializations
+        // (the weights are drawn unseeded) it differed by up to 1.3e-3 of its
+        // largest value; a misrouted value is off by the order of the value.
         for (x, y) in flex_dx.iter().zip(&nd_dx) {
             assert!(
-                (x - y).abs() < 1e-3 * scale,
+                (x - y).abs() < 3e-3 * scale,
                 "{config:?}: input gradient flex {x} vs ndarray {y} (largest {scale})"
             );
         }
