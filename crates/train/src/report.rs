@@ -72,7 +72,12 @@ pub fn write_report(run: &RunDir) -> Result<std::path::PathBuf> {
 
     html.push_str("<h2>Summary</h2>\n");
     match &summary {
-        Some(s) => html.push_str(&summary_table(s)),
+        Some(s) => {
+            let planned = serde_json::from_str::<serde_json::Value>(&config)
+                .ok()
+                .and_then(|c| c["epochs"].as_u64());
+            html.push_str(&summary_table(s, planned))
+        }
         None => html.push_str("<p>No summary.json yet: the run has not finished an epoch.</p>\n"),
     }
 
@@ -137,7 +142,9 @@ pub fn write_report(run: &RunDir) -> Result<std::path::PathBuf> {
     Ok(path)
 }
 
-fn summary_table(s: &serde_json::Value) -> String {
+/// The summary as a table; `planned` is the run's epoch budget, shown
+/// beside the epochs done when the run stopped short of it.
+fn summary_table(s: &serde_json::Value, planned: Option<u64>) -> String {
     let mut out = String::from("<table>\n");
     let row = |out: &mut String, k: &str, v: String| {
         let _ = writeln!(
@@ -157,7 +164,11 @@ fn summary_table(s: &serde_json::Value) -> String {
         "status",
         s["status"].as_str().unwrap_or("-").to_string(),
     );
-    row(&mut out, "epochs", s["epochs"].to_string());
+    let epochs = match (s["epochs"].as_u64(), planned) {
+        (Some(done), Some(planned)) if done < planned => format!("{done} of {planned}"),
+        _ => s["epochs"].to_string(),
+    };
+    row(&mut out, "epochs", epochs);
     row(
         &mut out,
         "loss at initialization",
@@ -319,6 +330,22 @@ mod tests {
         let html = std::fs::read_to_string(write_report(&run).unwrap()).unwrap();
         assert!(!html.contains("<h2>Notes</h2>"));
         assert!(html.contains("every monitored layer stayed healthy"));
+    }
+
+    #[test]
+    fn a_run_stopped_early_shows_its_epochs_out_of_the_planned_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(dir.path().join("run")).unwrap();
+        std::fs::write(run.file("config.json"), r#"{"epochs": 10}"#).unwrap();
+        let epochs_row = |done: u64| {
+            let summary = serde_json::json!({ "status": "paused", "epochs": done });
+            std::fs::write(run.file("summary.json"), summary.to_string()).unwrap();
+            let html = std::fs::read_to_string(write_report(&run).unwrap()).unwrap();
+            let start = html.find("<tr><th>epochs</th><td>").expect("an epochs row");
+            html[start..].lines().next().unwrap().to_string()
+        };
+        assert_eq!(epochs_row(8), "<tr><th>epochs</th><td>8 of 10</td></tr>");
+        assert_eq!(epochs_row(10), "<tr><th>epochs</th><td>10</td></tr>");
     }
 
     #[test]
