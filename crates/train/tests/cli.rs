@@ -273,6 +273,14 @@ fn invalid_flag_values_fail_cleanly() {
         ),
         (&["--model", "transformer"], "unknown model 'transformer'"),
         (&["--lr=-1"], "--lr must be a positive number"),
+        (
+            &["--matmul-precision", "f16"],
+            "unknown matmul precision 'f16'",
+        ),
+        (
+            &["--backend", "ndarray", "--matmul-precision", "bf16"],
+            "--matmul-precision bf16 runs the flex backend's convolutions",
+        ),
         (&["--epochs", "0"], "--epochs must be at least 1"),
         (&["--batch-size", "0"], "--batch-size must be at least 1"),
         (&["--momentum", "1.5"], "--momentum must be in [0, 1)"),
@@ -781,6 +789,57 @@ fn fast_recipe_trains_with_every_ingredient_switchable() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn bf16_products_train_where_amx_is_and_are_refused_with_the_reason_elsewhere() {
+    let (tmp, data) = dataset();
+    let out = tmp.path().join("bf16");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let args = [
+        "fit",
+        "--data",
+        d,
+        "--out",
+        o,
+        "--model",
+        "small-cnn",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "25",
+        "--val-size",
+        "50",
+        "--lr",
+        "0.01",
+        "--matmul-precision",
+        "bf16",
+        "--json",
+    ];
+    let result = run(&args);
+    if cifar_kernels::bf16_available() {
+        assert!(result.status.success(), "{}", stderr(&result));
+        let summary = json(&stdout(&result));
+        assert!(
+            summary["final_training_loss"].as_f64().unwrap().is_finite(),
+            "{summary}"
+        );
+        let config: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["matmul-precision"], "bf16");
+        // Evaluation follows the run's products: the same accuracy.
+        let eval = json(&ok(&["eval", "--run", o, "--data", d, "--json"]));
+        assert_eq!(eval["accuracy"], summary["val_accuracy"]);
+    } else {
+        let err = stderr(&result);
+        assert!(!result.status.success(), "bf16 without AMX succeeded");
+        assert!(
+            err.contains("--matmul-precision bf16") && err.contains("AMX"),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
 }
 
 #[test]
