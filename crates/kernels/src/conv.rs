@@ -16,7 +16,7 @@
 //! CNN's training step.
 
 use crate::bf16::{self, Engine};
-use crate::{AffineBackward, NoBias, WithBias, lane_sum};
+use crate::{AffineBackward, NoBias, WithBias, add_gradients, lane_sum};
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, AutodiffBackend, Backend, Dispatch, Flex, backend_extension};
@@ -750,19 +750,6 @@ fn shifted_weight_gradient(
         *weight = per_product[s.product_index(co, k)];
     }
     (dw, bias)
-}
-
-/// Two tasks' (weight, bias) gradient sums added up.
-fn add_gradients(
-    (mut weight, mut bias): (Vec<f32>, Vec<f32>),
-    (other_weight, other_bias): (Vec<f32>, Vec<f32>),
-) -> (Vec<f32>, Vec<f32>) {
-    weight
-        .iter_mut()
-        .zip(&other_weight)
-        .for_each(|(a, b)| *a += b);
-    bias.iter_mut().zip(&other_bias).for_each(|(a, b)| *a += b);
-    (weight, bias)
 }
 
 /// The input gradient of a same-size convolution

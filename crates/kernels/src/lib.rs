@@ -86,6 +86,19 @@ fn lane_sum(a: &[f32]) -> f32 {
     lane_sums(a, a, |v, _| (v, 0.0)).0
 }
 
+/// Two tasks' (weight, bias) gradient sums added up.
+pub(crate) fn add_gradients(
+    (mut weight, mut bias): (Vec<f32>, Vec<f32>),
+    (other_weight, other_bias): (Vec<f32>, Vec<f32>),
+) -> (Vec<f32>, Vec<f32>) {
+    weight
+        .iter_mut()
+        .zip(&other_weight)
+        .for_each(|(a, b)| *a += b);
+    bias.iter_mut().zip(&other_bias).for_each(|(a, b)| *a += b);
+    (weight, bias)
+}
+
 /// The `n` values of a contiguous tensor.
 fn values(x: &FlexTensor) -> &[f32] {
     let (start, n) = (x.layout().start_offset(), x.layout().num_elements());

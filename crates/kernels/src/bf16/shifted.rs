@@ -240,6 +240,9 @@ struct Sums {
     /// The output gradient as pairs of positions: `wide / 2` (rounded up
     /// to whole tiles) rows of `npad` words.
     grad: Vec<Line>,
+    /// One output channel's gradient on rows of `W + 1`, [`Sizes::depth`]
+    /// values.
+    row: Vec<f32>,
 }
 
 impl Sizes {
@@ -274,17 +277,12 @@ impl Sizes {
     /// `dy` (`[CO, H, W]`) on rows of `W + 1` (the last value of each zero)
     /// as pairs of positions: word `p·npad + o` holds positions `2p` and
     /// `2p + 1` of output channel `o`; every channel's sum into `bias`.
-    fn pack_grad(
-        &self,
-        dy: &[f32],
-        pairs: &mut [u32],
-        bias: &mut [f32],
-        row_buffer: &mut Vec<f32>,
-    ) {
+    /// `row_buffer` holds [`depth`](Self::depth) values, zero where no
+    /// gradient value goes (the last of each row, and past `wide`): only
+    /// the others are written, so it is zeroed once per task.
+    fn pack_grad(&self, dy: &[f32], pairs: &mut [u32], bias: &mut [f32], row_buffer: &mut [f32]) {
         let (h, w, row, npad) = (self.height, self.width, self.row, self.npad());
         pairs.fill(0);
-        row_buffer.clear();
-        row_buffer.resize(self.depth(), 0.0);
         for (o, (plane, b)) in dy.chunks_exact(h * w).zip(bias.iter_mut()).enumerate() {
             *b += crate::lane_sum(plane);
             for (y, values) in plane.chunks_exact(w).enumerate() {
@@ -380,6 +378,7 @@ pub(crate) fn shifted_weight_gradient(
         bias: vec![0f32; co],
         image: vec![Line::default(); image_len.div_ceil(32)],
         grad: vec![Line::default(); grad_len.div_ceil(16)],
+        row: vec![0f32; s.depth()],
     };
     let total = dy
         .par_chunks(co * h * w)
@@ -388,8 +387,7 @@ pub(crate) fn shifted_weight_gradient(
             let image_rows = &mut super::halves(&mut sums.image)[..image_len];
             s.pack_image_rows(image, image_rows);
             let grad = &mut words(&mut sums.grad)[..grad_len];
-            let mut row_buffer = Vec::new();
-            s.pack_grad(image_dy, grad, &mut sums.bias, &mut row_buffer);
+            s.pack_grad(image_dy, grad, &mut sums.bias, &mut sums.row);
             let (image_rows, grad) = (&*image_rows, &*grad);
             super::on_tiles(engine, || {
                 for (t, sums) in sums.weight.chunks_exact_mut(kpad * npad).enumerate() {
@@ -413,11 +411,7 @@ pub(crate) fn shifted_weight_gradient(
         .map(|sums| (sums.weight, sums.bias))
         .reduce(
             || (vec![0f32; sums_len], vec![0f32; co]),
-            |(mut w, mut b), (w2, b2)| {
-                w.iter_mut().zip(&w2).for_each(|(a, b)| *a += b);
-                b.iter_mut().zip(&b2).for_each(|(a, b)| *a += b);
-                (w, b)
-            },
+            crate::add_gradients,
         );
     let (sums, bias) = total;
     let mut dw = vec![0f32; co * c * 9];
