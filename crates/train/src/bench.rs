@@ -122,7 +122,6 @@ pub fn train(
         optimizer: OptimizerKind::Momentum,
         lr: BENCH_LR,
         weight_decay: 0.0,
-        matmul_precision: precision,
         ..TrainConfig::default()
     };
     let input_dims = match model {
