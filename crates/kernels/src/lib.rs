@@ -4,7 +4,7 @@
 //! buffers, with an `Autodiff` implementation that records the backward pass.
 //!
 //! The public functions ([`conv2d`], [`linear`], [`max_pool_2x2`],
-//! [`batch_norm_train`], [`batch_norm_relu_train`], [`relu`], [`gelu`], [`sgd_momentum_step`]) take and return ordinary
+//! [`batch_norm_train`], [`batch_norm_relu_train`], [`batch_norm_gelu_train`], [`relu`], [`gelu`], [`sgd_momentum_step`]) take and return ordinary
 //! tensors: on flex (plain or autodiff) they run the kernel, on every other
 //! backend Burn's own operation, so models stay portable and results agree.
 //!
@@ -175,6 +175,47 @@ unsafe fn written<T>(n: usize, write: impl FnOnce(&mut [std::mem::MaybeUninit<T>
     values
 }
 
+/// `f()`, compiled for the CPU's widest vector instructions (AVX-512 where
+/// there is one) and chosen at run time, as pulp's dispatch does for faer.
+/// The crate itself is compiled for the baseline x86-64 (SSE2), so a loop
+/// outside such a dispatch runs 4 values at a time at most, or one; `f`'s
+/// body must be inlined into it (`#[inline(always)]` on what it calls).
+fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    /// The closure as pulp's task.
+    struct Task<F>(F);
+
+    impl<R, F: FnOnce() -> R> pulp::WithSimd for Task<F> {
+        type Output = R;
+
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) -> R {
+            (self.0)()
+        }
+    }
+
+    pulp::Arch::new().dispatch(Task(f))
+}
+
+/// Planes per parallel task for a kernel that works plane by plane on
+/// planes of `per_plane` values: tasks of about 16k values, small enough to
+/// spread over the cores, large enough that scheduling costs nothing.
+fn planes_per_task(per_plane: usize) -> usize {
+    (16384 / per_plane.max(1)).max(1)
+}
+
+/// `values` as the initialized values they are, once a kernel has written
+/// every one of them.
+///
+/// # Safety
+///
+/// Every value of `values` must have been written.
+#[allow(unsafe_code)]
+unsafe fn assume_written(values: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and the caller
+    // promises that every value is initialized.
+    unsafe { &mut *(values as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
+}
+
 /// A layer whose backward pass yields its input, weight and bias gradients
 /// from what it saved of the forward pass: the convolution and the linear
 /// layer. [`WithBias`] and [`NoBias`] turn one into Burn's `Backward` for
@@ -244,7 +285,10 @@ pub use bf16::{
 };
 pub use conv::{ConvKernels, conv2d};
 pub use linear::{LinearKernels, linear};
-pub use norm::{BatchNormTrained, NormKernels, batch_norm_relu_train, batch_norm_train};
+pub use norm::{
+    BatchNormTrained, FusedActivation, NormKernels, batch_norm_gelu_train, batch_norm_relu_train,
+    batch_norm_train,
+};
 pub use pool::{PoolKernels, max_pool_2x2};
 pub use sgd::{SgdKernels, SgdStep, sgd_momentum_step};
 

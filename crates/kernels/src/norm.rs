@@ -1,12 +1,14 @@
 //! Batch normalization in training mode (batch statistics), fused: one pass
-//! for the mean, one for the variance and one for the output, and two for
-//! the backward pass, where Burn's default composes a dozen tensor
-//! operations, each a pass over the activation and a fresh buffer.
+//! over memory for the statistics and one for the output, and two for the
+//! backward pass, where Burn's default composes a dozen tensor operations,
+//! each a pass over the activation and a fresh buffer.
 //!
-//! A ReLU right after it can join the same passes ([`batch_norm_relu_train`]):
-//! the output pass clamps at zero, and the backward passes read the output
-//! to know where the gradient flows, instead of a separate ReLU reading and
-//! writing the whole activation once forward and once backward.
+//! The activation right after it can join the same passes
+//! ([`batch_norm_relu_train`], [`batch_norm_gelu_train`]): the output pass
+//! applies it, and the backward passes find its slope from what they read
+//! anyway (ReLU's output; GELU's input, recomputed from the input and the
+//! statistics), instead of a separate activation reading and writing the
+//! whole tensor once forward and once backward, and keeping a copy of it.
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::tensor::FloatTensor;
@@ -18,24 +20,38 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
-use crate::{lane_sum, lane_sums, lane_sums3};
+use crate::activation::{gelu_backward_in_place, gelu_in_place};
+use crate::{lane_sum, lane_sums, lane_sums3, planes_per_task};
+
+/// The activation that batch norm's kernel applies to its own output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FusedActivation {
+    /// None: the normalized, scaled and shifted values themselves.
+    Identity,
+    /// `max(y, 0)`.
+    Relu,
+    /// `y Φ(y)`, the exact GELU (as [`crate::gelu`]).
+    Gelu,
+}
 
 /// Batch normalization with batch statistics, as a backend extension.
 #[backend_extension(Flex, Autodiff)]
 pub trait NormKernels: Backend {
-    /// The normalized output (with ReLU applied when `relu`), and the
-    /// per-channel mean and biased variance.
+    /// The normalized output with `activation` applied, and the per-channel
+    /// mean and biased variance (of the input).
     fn fused_batch_norm_train(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
-        relu: bool,
+        activation: FusedActivation,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
     /// The gradients of the input, `gamma` and `beta`, from the gradient
-    /// `grad` of the output of a forward pass without `relu`.
+    /// `grad` of the output of a forward pass with
+    /// [`FusedActivation::Identity`].
     fn fused_batch_norm_train_backward(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -46,8 +62,8 @@ pub trait NormKernels: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
     /// As [`fused_batch_norm_train_backward`](Self::fused_batch_norm_train_backward),
-    /// for a forward pass with `relu` whose output was `output`: the
-    /// gradient flows only where that output is positive.
+    /// for a forward pass with [`FusedActivation::Relu`] whose output was
+    /// `output`: the gradient flows only where that output is positive.
     fn fused_batch_norm_relu_train_backward(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -57,11 +73,26 @@ pub trait NormKernels: Backend {
         output: FloatTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// As [`fused_batch_norm_train_backward`](Self::fused_batch_norm_train_backward),
+    /// for a forward pass with [`FusedActivation::Gelu`]: the gradient is
+    /// first multiplied by GELU's slope at its input, which is recomputed
+    /// from `x`, the statistics, `gamma` and `beta`.
+    fn fused_batch_norm_gelu_train_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
 /// The output of [`batch_norm_train`].
 pub struct BatchNormTrained {
-    /// The normalized, scaled and shifted input.
+    /// The normalized, scaled and shifted input (then activated, for the
+    /// fused variants).
     pub output: Tensor<4>,
     /// The per-channel batch mean.
     pub mean: Tensor<1>,
@@ -82,7 +113,7 @@ pub fn batch_norm_train(
     beta: Tensor<1>,
     epsilon: f64,
 ) -> BatchNormTrained {
-    normalize(x, gamma, beta, epsilon, false)
+    normalize(x, gamma, beta, epsilon, FusedActivation::Identity)
 }
 
 /// Batch normalization of `x` with its batch statistics, then ReLU, in the
@@ -99,16 +130,33 @@ pub fn batch_norm_relu_train(
     beta: Tensor<1>,
     epsilon: f64,
 ) -> BatchNormTrained {
-    normalize(x, gamma, beta, epsilon, true)
+    normalize(x, gamma, beta, epsilon, FusedActivation::Relu)
 }
 
-/// [`batch_norm_train`], followed by ReLU when `relu`.
+/// Batch normalization of `x` with its batch statistics, then GELU, in the
+/// same passes: the fused kernel on flex, Burn's `batch_norm_train` and
+/// `gelu` elsewhere. The mean and variance are the batch's, before GELU.
+///
+/// # Shapes
+///
+/// - `x`: `[N, C, H, W]`; `gamma`, `beta`: `[C]`
+/// - output: `[N, C, H, W]`; mean, variance: `[C]`
+pub fn batch_norm_gelu_train(
+    x: Tensor<4>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+) -> BatchNormTrained {
+    normalize(x, gamma, beta, epsilon, FusedActivation::Gelu)
+}
+
+/// [`batch_norm_train`], followed by `activation`.
 fn normalize(
     x: Tensor<4>,
     gamma: Tensor<1>,
     beta: Tensor<1>,
     epsilon: f64,
-    relu: bool,
+    activation: FusedActivation,
 ) -> BatchNormTrained {
     if crate::on_flex(&x.device()) && x.dtype() == DType::F32 {
         let (output, mean, variance) = <Dispatch as NormKernels>::fused_batch_norm_train(
@@ -116,7 +164,7 @@ fn normalize(
             gamma.into_dispatch(),
             beta.into_dispatch(),
             epsilon,
-            relu,
+            activation,
         );
         BatchNormTrained {
             output: Tensor::from_dispatch(output),
@@ -126,9 +174,10 @@ fn normalize(
     } else {
         let r = burn::tensor::module::batch_norm_train(x, gamma, beta, epsilon);
         BatchNormTrained {
-            output: match relu {
-                true => burn::tensor::activation::relu(r.output),
-                false => r.output,
+            output: match activation {
+                FusedActivation::Identity => r.output,
+                FusedActivation::Relu => burn::tensor::activation::relu(r.output),
+                FusedActivation::Gelu => burn::tensor::activation::gelu(r.output),
             },
             mean: r.mean,
             variance: r.variance,
@@ -182,6 +231,51 @@ fn channel_sums(
         })
 }
 
+/// Per-plane pairs of sums (plane `p` of channel `p % channels`) added per
+/// channel in f64, in plane order: the same result on any number of cores.
+fn per_channel(planes: &[(f32, f32)], channels: usize) -> Vec<(f64, f64)> {
+    let mut sums = vec![(0f64, 0f64); channels];
+    for (p, &(u, v)) in planes.iter().enumerate() {
+        let sum = &mut sums[p % channels];
+        sum.0 += u as f64;
+        sum.1 += v as f64;
+    }
+    sums
+}
+
+/// The per-channel mean and biased variance of `[N, C, plane]` data, in
+/// one pass over memory: each plane's mean, then its centered sum of
+/// squares while the plane is still in cache, combined per channel in f64
+/// by the pairwise update of Chan, Golub and LeVeque (1979) for groups of
+/// equal size: `M2 = Σ M2ᵢ + plane · Σ (meanᵢ - mean)²`. Both terms are
+/// sums of squares, so nothing cancels as in `E[x²] - E[x]²`. (Two passes,
+/// one for the mean and one for the centered squares, read the whole
+/// activation from memory twice.)
+fn statistics(data: &[f32], channels: usize, plane: usize) -> (Vec<f64>, Vec<f64>) {
+    let planes: Vec<(f32, f32)> = data
+        .par_chunks(plane)
+        .map(|p| {
+            let mean = lane_sum(p) / plane as f32;
+            (
+                mean,
+                lane_sums(p, p, |v, _| ((v - mean) * (v - mean), 0.0)).0,
+            )
+        })
+        .collect();
+    let images = (planes.len() / channels) as f64;
+    let mean: Vec<f64> = per_channel(&planes, channels)
+        .into_iter()
+        .map(|(sum, _)| sum / images)
+        .collect();
+    let mut squares = vec![0f64; channels];
+    for (p, &(plane_mean, plane_squares)) in planes.iter().enumerate() {
+        let d = plane_mean as f64 - mean[p % channels];
+        squares[p % channels] += plane_squares as f64 + plane as f64 * d * d;
+    }
+    let count = images * plane as f64;
+    (mean, squares.into_iter().map(|s| s / count).collect())
+}
+
 fn tensor(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
 }
@@ -189,12 +283,7 @@ fn tensor(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
 /// One plane of the forward output: `x · s + t`, clamped at zero when
 /// `RELU` (a constant, so that each loop compiles without a branch).
 #[inline(always)]
-fn affine_plane<const RELU: bool>(
-    out: &mut [std::mem::MaybeUninit<f32>],
-    x: &[f32],
-    s: f32,
-    t: f32,
-) {
+fn affine_plane<const RELU: bool>(out: &mut [MaybeUninit<f32>], x: &[f32], s: f32, t: f32) {
     for (o, &x) in out.iter_mut().zip(x) {
         let y = x * s + t;
         o.write(if RELU { y.max(0.0) } else { y });
@@ -213,7 +302,7 @@ fn relu_gradient<const RELU: bool>(g: f32, y: f32) -> f32 {
 /// gradient reaching batch norm ([`relu_gradient`]).
 #[inline(always)]
 fn input_gradient_plane<const RELU: bool>(
-    out: &mut [std::mem::MaybeUninit<f32>],
+    out: &mut [MaybeUninit<f32>],
     x: &[f32],
     g: &[f32],
     y: &[f32],
@@ -224,55 +313,88 @@ fn input_gradient_plane<const RELU: bool>(
     }
 }
 
+/// The per-channel statistics that both backward passes start from.
+struct Statistics {
+    gamma: Vec<f32>,
+    mean: Vec<f32>,
+    inv_std: Vec<f64>,
+}
+
+impl Statistics {
+    fn new(gamma: &FlexTensor, mean: &FlexTensor, variance: &FlexTensor, epsilon: f64) -> Self {
+        let inv_std = values(variance)
+            .iter()
+            .map(|&v| 1.0 / (v as f64 + epsilon).sqrt())
+            .collect();
+        Self {
+            gamma: values(gamma),
+            mean: values(mean),
+            inv_std,
+        }
+    }
+
+    /// The input gradient of channel `ch` as an affine function of the
+    /// gradient `g` reaching batch norm and of `x`: `[a, b, t]` with
+    /// `dx = a g - b x + t`, from the channel's `Σ g` and `Σ g x̂` over
+    /// its `m` values. (`dx = γ/σ (g - Σg/m - x̂ Σ(g x̂)/m)`.)
+    fn input_gradient(&self, ch: usize, (g_sum, g_xhat_sum): (f64, f64), m: f64) -> [f32; 3] {
+        let (mu, is) = (self.mean[ch] as f64, self.inv_std[ch]);
+        let k = self.gamma[ch] as f64 * is;
+        let b = k * is * g_xhat_sum / m;
+        [k as f32, b as f32, (b * mu - k * g_sum / m) as f32]
+    }
+}
+
 impl NormKernels for Flex {
     fn fused_batch_norm_train(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
-        relu: bool,
+        activation: FusedActivation,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let x = x.to_contiguous();
         let shape = x.layout().shape().clone();
         let (n, c) = (shape[0], shape[1]);
         let plane = shape.num_elements() / (n * c);
-        let m = (n * plane) as f64;
         let data: &[f32] = x.storage();
         let (gamma, beta) = (values(&gamma), values(&beta));
-        let plane_at = |start: usize| &data[start..start + plane];
-        let mean: Vec<f64> = channel_sums(n, c, plane, |_, at| (lane_sum(plane_at(at)), 0.0))
-            .into_iter()
-            .map(|s| s.0 / m)
-            .collect();
-        let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
-        // Centered, in a second pass: no cancellation in E[x²] - E[x]².
-        let variance: Vec<f64> = channel_sums(n, c, plane, |ch, at| {
-            let (p, mu) = (plane_at(at), mean32[ch]);
-            lane_sums(p, p, |v, _| ((v - mu) * (v - mu), 0.0))
-        })
-        .into_iter()
-        .map(|s| s.0 / m)
-        .collect();
-        // y = x * scale + shift, per channel (then max(y, 0) with ReLU).
+        let (mean, variance) = statistics(data, c, plane);
+        // y = x * scale + shift, per channel, then the activation.
         let scale: Vec<f32> = (0..c)
             .map(|ch| (gamma[ch] as f64 / (variance[ch] + epsilon).sqrt()) as f32)
             .collect();
         let shift: Vec<f32> = (0..c)
             .map(|ch| (beta[ch] as f64 - mean[ch] * scale[ch] as f64) as f32)
             .collect();
+        // Tasks of whole planes: the affine map plane by plane, then GELU
+        // over the whole task's values at once while they are in cache (a
+        // plane of the last stage is 9 values, too few for a vector loop).
+        let task = plane * planes_per_task(plane);
+        let arch = pulp::Arch::new();
         #[allow(unsafe_code)]
         // SAFETY: `out` has `data`'s length; each of its planes is written
-        // in full from the plane of `data` beside it.
+        // in full from the plane of `data` beside it (before GELU reads it).
         let out = unsafe {
             crate::written(data.len(), |out| {
-                out.par_chunks_mut(plane)
-                    .zip(data.par_chunks(plane))
+                out.par_chunks_mut(task)
+                    .zip(data.par_chunks(task))
                     .enumerate()
-                    .for_each(|(p, (o, x))| {
-                        let (s, t) = (scale[p % c], shift[p % c]);
-                        match relu {
-                            true => affine_plane::<true>(o, x, s, t),
-                            false => affine_plane::<false>(o, x, s, t),
+                    .for_each(|(t, (out, x))| {
+                        let first = t * (task / plane);
+                        for (p, (out, x)) in out.chunks_mut(plane).zip(x.chunks(plane)).enumerate()
+                        {
+                            let ch = (first + p) % c;
+                            match activation {
+                                FusedActivation::Relu => {
+                                    affine_plane::<true>(out, x, scale[ch], shift[ch])
+                                }
+                                _ => affine_plane::<false>(out, x, scale[ch], shift[ch]),
+                            }
+                        }
+                        if activation == FusedActivation::Gelu {
+                            // Every plane of the task is written: see above.
+                            gelu_in_place(arch, crate::assume_written(out));
                         }
                     })
             })
@@ -289,7 +411,8 @@ impl NormKernels for Flex {
         epsilon: f64,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        backward(x, gamma, mean, variance, epsilon, None, grad)
+        let saved = Statistics::new(&gamma, &mean, &variance, epsilon);
+        backward(x, saved, None, grad)
     }
 
     fn fused_batch_norm_relu_train_backward(
@@ -301,7 +424,21 @@ impl NormKernels for Flex {
         output: FloatTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        backward(x, gamma, mean, variance, epsilon, Some(output), grad)
+        let saved = Statistics::new(&gamma, &mean, &variance, epsilon);
+        backward(x, saved, Some(output), grad)
+    }
+
+    fn fused_batch_norm_gelu_train_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let saved = Statistics::new(&gamma, &mean, &variance, epsilon);
+        gelu_backward(x, saved, values(&beta), grad)
     }
 }
 
@@ -309,10 +446,7 @@ impl NormKernels for Flex {
 /// pass with ReLU), the gradient flows only where it is positive.
 fn backward(
     x: FlexTensor,
-    gamma: FlexTensor,
-    mean: FlexTensor,
-    variance: FlexTensor,
-    epsilon: f64,
+    saved: Statistics,
     relu_output: Option<FlexTensor>,
     grad: FlexTensor,
 ) -> (FlexTensor, FlexTensor, FlexTensor) {
@@ -329,11 +463,6 @@ fn backward(
     // output slice is then `dy` again, and unread).
     let ys: &[f32] = relu_output.as_ref().map_or(dy, |y| y.storage());
     assert_eq!(ys.len(), dy.len(), "batch norm output and gradient sizes");
-    let (gamma, mean, variance) = (values(&gamma), values(&mean), values(&variance));
-    let inv_std: Vec<f64> = variance
-        .iter()
-        .map(|&v| 1.0 / (v as f64 + epsilon).sqrt())
-        .collect();
     // Per channel: Σ dy and Σ dy (x - μ), in one pass over both; then
     // Σ dy x̂ = Σ dy (x - μ) / σ.
     let relu = relu_output.is_some();
@@ -343,7 +472,7 @@ fn backward(
             &dy[at..at + plane],
             &ys[at..at + plane],
         );
-        let mu = mean[ch];
+        let mu = saved.mean[ch];
         match relu {
             true => lane_sums3(g, x, y, |g, x, y| {
                 let g = relu_gradient::<true>(g, y);
@@ -353,11 +482,9 @@ fn backward(
         }
     })
     .into_iter()
-    .zip(&inv_std)
+    .zip(&saved.inv_std)
     .map(|((dy_sum, dy_centered), is)| (dy_sum, dy_centered * is))
     .collect();
-    // dx = γ/σ (dy - Σdy/M - x̂ Σ(dy x̂)/M), per channel an affine
-    // function of dy and x: dx = a dy - b x + t.
     #[allow(unsafe_code)]
     // SAFETY: `dx` has the length of `xs`, `dy` and `ys` (one shape);
     // each of its planes is written in full from the planes beside it.
@@ -368,27 +495,119 @@ fn backward(
                 .zip(dy.par_chunks(plane).zip(ys.par_chunks(plane)))
                 .enumerate()
                 .for_each(|(p, ((o, x), (g, y)))| {
-                    let ch = p % c;
-                    let (mu, is) = (mean[ch] as f64, inv_std[ch]);
-                    let k = gamma[ch] as f64 * is;
-                    let (mean_dy, mean_dy_xhat) = (sums[ch].0 / m, sums[ch].1 / m);
-                    let b = k * is * mean_dy_xhat;
-                    let (a, t) = (k as f32, (b * mu - k * mean_dy) as f32);
-                    let b = b as f32;
+                    let affine = saved.input_gradient(p % c, sums[p % c], m);
                     match relu {
-                        true => input_gradient_plane::<true>(o, x, g, y, [a, b, t]),
-                        false => input_gradient_plane::<false>(o, x, g, y, [a, b, t]),
+                        true => input_gradient_plane::<true>(o, x, g, y, affine),
+                        false => input_gradient_plane::<false>(o, x, g, y, affine),
                     }
                 })
         })
     };
+    parameter_gradients(dx, &shape, &sums)
+}
+
+/// The flex backward pass behind GELU: a first pass over memory writes the
+/// gradient reaching batch norm, `dy · gelu'(x · s + t)`, with its
+/// per-plane sums; a second turns it into the input gradient in place.
+fn gelu_backward(
+    x: FlexTensor,
+    saved: Statistics,
+    beta: Vec<f32>,
+    grad: FlexTensor,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let x = x.to_contiguous();
+    let grad = grad.to_contiguous();
+    let shape = x.layout().shape().clone();
+    let (n, c) = (shape[0], shape[1]);
+    let plane = shape.num_elements() / (n * c);
+    let m = (n * plane) as f64;
+    let (xs, dy): (&[f32], &[f32]) = (x.storage(), grad.storage());
+    assert_eq!(xs.len(), dy.len(), "batch norm input and gradient sizes");
+    // GELU's input, as the forward pass computed it (to rounding: the
+    // variance comes back in f32).
+    let scale: Vec<f32> = (0..c)
+        .map(|ch| (saved.gamma[ch] as f64 * saved.inv_std[ch]) as f32)
+        .collect();
+    let shift: Vec<f32> = (0..c)
+        .map(|ch| (beta[ch] as f64 - saved.mean[ch] as f64 * scale[ch] as f64) as f32)
+        .collect();
+    // Tasks of whole planes, as in the forward pass: GELU's input plane by
+    // plane, then `dy` times its slope over the whole task, then each
+    // plane's sums.
+    let task = plane * planes_per_task(plane);
+    let arch = pulp::Arch::new();
+    let mut task_sums: Vec<Vec<(f32, f32)>> = Vec::new();
+    #[allow(unsafe_code)]
+    // SAFETY: `g` has the length of `xs` and `dy`; each of its planes is
+    // written in full from the plane of `xs` beside it (before it is read).
+    let mut g = unsafe {
+        crate::written(xs.len(), |g| {
+            task_sums = g
+                .par_chunks_mut(task)
+                .zip(xs.par_chunks(task).zip(dy.par_chunks(task)))
+                .enumerate()
+                .map(|(t, (g, (x, dy)))| {
+                    let first = t * (task / plane);
+                    for (p, (g, x)) in g.chunks_mut(plane).zip(x.chunks(plane)).enumerate() {
+                        let ch = (first + p) % c;
+                        affine_plane::<false>(g, x, scale[ch], shift[ch]);
+                    }
+                    // Every plane of the task is written: see above.
+                    let g = crate::assume_written(g);
+                    gelu_backward_in_place(arch, g, dy);
+                    g.chunks(plane)
+                        .zip(x.chunks(plane))
+                        .enumerate()
+                        .map(|(p, (g, x))| {
+                            let mu = saved.mean[(first + p) % c];
+                            lane_sums(g, x, |g, x| (g, g * (x - mu)))
+                        })
+                        .collect()
+                })
+                .collect();
+        })
+    };
+    let plane_sums: Vec<(f32, f32)> = task_sums.into_iter().flatten().collect();
+    let sums: Vec<(f64, f64)> = per_channel(&plane_sums, c)
+        .into_iter()
+        .zip(&saved.inv_std)
+        .map(|((g_sum, g_centered), is)| (g_sum, g_centered * is))
+        .collect();
+    g.par_chunks_mut(plane)
+        .zip(xs.par_chunks(plane))
+        .enumerate()
+        .for_each(|(p, (g, x))| {
+            let [a, b, t] = saved.input_gradient(p % c, sums[p % c], m);
+            for (g, &x) in g.iter_mut().zip(x) {
+                *g = a * *g - b * x + t;
+            }
+        });
+    parameter_gradients(g, &shape, &sums)
+}
+
+/// The input gradient as a tensor of `shape`, with the gradients of
+/// `gamma` (`Σ g x̂`) and `beta` (`Σ g`) from the per-channel sums.
+fn parameter_gradients(
+    dx: Vec<f32>,
+    shape: &[usize],
+    sums: &[(f64, f64)],
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let c = sums.len();
     let dgamma = sums.iter().map(|s| s.1 as f32).collect();
     let dbeta = sums.iter().map(|s| s.0 as f32).collect();
-    (
-        tensor(dx, shape.as_slice()),
-        tensor(dgamma, &[c]),
-        tensor(dbeta, &[c]),
-    )
+    (tensor(dx, shape), tensor(dgamma, &[c]), tensor(dbeta, &[c]))
+}
+
+/// What the autodiff pass keeps of a fused forward pass for its backward,
+/// beside the input and the statistics.
+#[derive(Clone, Debug)]
+enum Kept<B: Backend> {
+    /// Nothing more, for [`FusedActivation::Identity`].
+    Nothing,
+    /// The output, whose signs say where ReLU passed the gradient.
+    ReluOutput(FloatTensor<B>),
+    /// `beta`, to recompute GELU's input.
+    Beta(FloatTensor<B>),
 }
 
 impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B, C> {
@@ -397,7 +616,7 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
-        relu: bool,
+        activation: FusedActivation,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         /// The backward pass: the fused gradient kernel of the inner backend.
         #[derive(Debug)]
@@ -410,7 +629,7 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
                 FloatTensor<B>,
                 FloatTensor<B>,
                 f64,
-                Option<FloatTensor<B>>,
+                Kept<B>,
             );
 
             fn backward(
@@ -421,14 +640,17 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
             ) {
                 let [node_x, node_gamma, node_beta] = ops.parents;
                 let grad = grads.consume::<B>(&ops.node);
-                let (x, gamma, mean, variance, epsilon, relu_output) = ops.state;
-                let (dx, dgamma, dbeta) = match relu_output {
-                    Some(output) => B::fused_batch_norm_relu_train_backward(
-                        x, gamma, mean, variance, epsilon, output, grad,
-                    ),
-                    None => {
+                let (x, gamma, mean, variance, epsilon, kept) = ops.state;
+                let (dx, dgamma, dbeta) = match kept {
+                    Kept::Nothing => {
                         B::fused_batch_norm_train_backward(x, gamma, mean, variance, epsilon, grad)
                     }
+                    Kept::ReluOutput(output) => B::fused_batch_norm_relu_train_backward(
+                        x, gamma, mean, variance, epsilon, output, grad,
+                    ),
+                    Kept::Beta(beta) => B::fused_batch_norm_gelu_train_backward(
+                        x, gamma, beta, mean, variance, epsilon, grad,
+                    ),
                 };
                 if let Some(node) = node_x {
                     grads.register::<B>(node.id, dx);
@@ -455,18 +677,17 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
                     gamma.into_primitive(),
                     beta.into_primitive(),
                 );
+                let kept = match activation {
+                    FusedActivation::Gelu => Kept::Beta(beta.clone()),
+                    _ => Kept::Nothing,
+                };
                 let (output, mean, variance) =
-                    B::fused_batch_norm_train(x.clone(), gamma.clone(), beta, epsilon, relu);
-                // Behind ReLU, the backward pass needs the output's signs.
-                let relu_output = relu.then(|| output.clone());
-                let state = (
-                    x,
-                    gamma,
-                    mean.clone(),
-                    variance.clone(),
-                    epsilon,
-                    relu_output,
-                );
+                    B::fused_batch_norm_train(x.clone(), gamma.clone(), beta, epsilon, activation);
+                let kept = match activation {
+                    FusedActivation::Relu => Kept::ReluOutput(output.clone()),
+                    _ => kept,
+                };
+                let state = (x, gamma, mean.clone(), variance.clone(), epsilon, kept);
                 (prep.finish(state, output), lift(mean), lift(variance))
             }
             OpsKind::UnTracked(prep) => {
@@ -475,7 +696,7 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
                     gamma.into_primitive(),
                     beta.into_primitive(),
                     epsilon,
-                    relu,
+                    activation,
                 );
                 (prep.finish(output), lift(mean), lift(variance))
             }
@@ -525,6 +746,29 @@ impl<B: Backend + NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B
         );
         (lift(dx), lift(dgamma), lift(dbeta))
     }
+
+    fn fused_batch_norm_gelu_train_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        // Not differentiable itself, as above.
+        let lift = <Self as AutodiffBackend>::from_inner;
+        let (dx, dgamma, dbeta) = B::fused_batch_norm_gelu_train_backward(
+            x.into_primitive(),
+            gamma.into_primitive(),
+            beta.into_primitive(),
+            mean.into_primitive(),
+            variance.into_primitive(),
+            epsilon,
+            grad.into_primitive(),
+        );
+        (lift(dx), lift(dgamma), lift(dbeta))
+    }
 }
 
 #[cfg(test)]
@@ -542,9 +786,9 @@ mod tests {
     }
 
     /// Output, statistics and all three gradients of the kernel against
-    /// Burn's `batch_norm_train` (then Burn's `relu` with `relu`), on
-    /// values of mean `offset` and spread 2.
-    fn check(shape: [usize; 4], offset: f32, relu: bool) {
+    /// Burn's `batch_norm_train` (then Burn's `relu` or `gelu`), on values
+    /// of mean `offset` and spread 2.
+    fn check(shape: [usize; 4], offset: f32, activation: FusedActivation) {
         let device = Device::flex().autodiff();
         device.seed(9);
         let x = (Tensor::<4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device)
@@ -565,16 +809,23 @@ mod tests {
         // their last bit (as two summation orders may).
         let weights =
             Tensor::<4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-        let (ours, theirs) = if relu {
-            let mut theirs = burn::tensor::module::batch_norm_train(
-                x.clone(),
-                gamma.clone(),
-                beta.clone(),
-                1e-5,
-            );
-            theirs.output = burn::tensor::activation::relu(theirs.output);
-            let ours = batch_norm_relu_train(x.clone(), gamma.clone(), beta.clone(), 1e-5);
-            // Some of the output is clamped, some not: both branches run.
+        let mut theirs =
+            burn::tensor::module::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+        let normalize = match activation {
+            FusedActivation::Identity => batch_norm_train,
+            FusedActivation::Relu => {
+                theirs.output = burn::tensor::activation::relu(theirs.output);
+                batch_norm_relu_train
+            }
+            FusedActivation::Gelu => {
+                theirs.output = burn::tensor::activation::gelu(theirs.output);
+                batch_norm_gelu_train
+            }
+        };
+        let ours = normalize(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+        if activation != FusedActivation::Identity {
+            // Some of the input to the activation is negative, some not:
+            // both sides of ReLU's kink and GELU's curve are exercised.
             let positive: i64 = ours
                 .output
                 .clone()
@@ -587,18 +838,7 @@ mod tests {
                 positive > all / 5 && positive < all * 4 / 5,
                 "{positive} of {all} positive"
             );
-            (ours, theirs)
-        } else {
-            (
-                batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5),
-                burn::tensor::module::batch_norm_train(
-                    x.clone(),
-                    gamma.clone(),
-                    beta.clone(),
-                    1e-5,
-                ),
-            )
-        };
+        }
         close(ours.output.clone(), theirs.output.clone(), "output");
         let per_channel = |t: Tensor<1>| t.reshape([1, c, 1, 1]);
         close(
@@ -629,21 +869,31 @@ mod tests {
     #[test]
     fn output_statistics_and_gradients_equal_burns_batch_norm() {
         // Planes of 30 values: fewer than two rounds of the 16 partial sums.
-        check([4, 3, 5, 6], 0.7, false);
+        check([4, 3, 5, 6], 0.7, FusedActivation::Identity);
     }
 
     #[test]
     fn large_odd_planes_away_from_zero_equal_burns_batch_norm() {
         // Planes of 31x33 values (not a multiple of 16), a mean of 5: the
         // partial sums' rounding and the centered variance are exercised.
-        check([3, 4, 31, 33], 5.0, false);
+        check([3, 4, 31, 33], 5.0, FusedActivation::Identity);
     }
 
     #[test]
     fn batch_norm_then_relu_equals_burns_batch_norm_then_relu() {
-        check([4, 3, 5, 6], 0.7, true);
-        check([3, 4, 31, 33], 5.0, true);
+        check([4, 3, 5, 6], 0.7, FusedActivation::Relu);
+        check([3, 4, 31, 33], 5.0, FusedActivation::Relu);
         // One image: the statistics come from a single image's planes.
-        check([1, 5, 7, 9], -1.0, true);
+        check([1, 5, 7, 9], -1.0, FusedActivation::Relu);
+    }
+
+    #[test]
+    fn batch_norm_then_gelu_equals_burns_batch_norm_then_gelu() {
+        check([4, 3, 5, 6], 0.7, FusedActivation::Gelu);
+        // Planes longer than one round of partial sums, with a remainder.
+        check([3, 4, 31, 33], 5.0, FusedActivation::Gelu);
+        check([1, 5, 7, 9], -1.0, FusedActivation::Gelu);
+        // Planes of 3x3 (the recipe network's last block): all remainder.
+        check([8, 6, 3, 3], 2.0, FusedActivation::Gelu);
     }
 }

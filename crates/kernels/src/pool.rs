@@ -2,8 +2,14 @@
 //!
 //! burn-flex runs 2D pooling through its general 3D kernel (window ranges
 //! and 64-bit indices worked out per output); this one reads the four
-//! values of each window directly, one image plane per task.
+//! values of each window directly, one image plane per task. For the
+//! backward pass it keeps one byte per output, which of the window's four
+//! values won, where Burn keeps an 8-byte index (twice the output's own
+//! size) and the input besides; its backward writes each input plane once,
+//! the gradient where the maximum was and zeros elsewhere, where Burn's
+//! zeroes the whole input gradient and then scatters into it.
 
+use burn::backend::TensorMetadata;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, AutodiffBackend, Backend, Dispatch, Flex, backend_extension};
@@ -22,9 +28,20 @@ pub trait PoolKernels: Backend {
     /// `[N, C, H, W] -> [N, C, H/2, W/2]`.
     fn max_pool_2x2(x: FloatTensor<Self>) -> FloatTensor<Self>;
 
-    /// The pooled tensor and, for each output, the index of its maximum in
-    /// its input plane (`y * W + x`), as Burn's max-pool backward takes them.
-    fn max_pool_2x2_with_indices(x: FloatTensor<Self>) -> (FloatTensor<Self>, IntTensor<Self>);
+    /// The pooled tensor and, for each output, which value of its window
+    /// was the maximum: 0 and 1 along the window's top row, 2 and 3 along
+    /// its bottom one (an `i8` tensor of the output's shape).
+    fn max_pool_2x2_with_windows(x: FloatTensor<Self>) -> (FloatTensor<Self>, IntTensor<Self>);
+
+    /// The gradient of a `[N, C, height, width]` input from the output's
+    /// gradient `grad` and the forward pass's `windows`: each output's
+    /// gradient at its window's maximum, zero elsewhere.
+    fn max_pool_2x2_backward(
+        windows: IntTensor<Self>,
+        grad: FloatTensor<Self>,
+        height: usize,
+        width: usize,
+    ) -> FloatTensor<Self>;
 }
 
 /// 2x2 max pooling with stride 2 of `x`: the flex kernel on flex (with its
@@ -45,88 +62,85 @@ pub fn max_pool_2x2(x: Tensor<4>) -> Tensor<4> {
     }
 }
 
-/// The kernel on one contiguous f32 tensor; indices only when asked.
-fn pool(x: FlexTensor, with_indices: bool) -> (FlexTensor, Option<FlexTensor>) {
+/// One input plane of `w` columns pooled into `out` (rows of `w / 2`), with
+/// the winning windows in `won` unless it is empty; inlined into the
+/// vectorized task that calls it ([`crate::vectorized`]).
+#[inline(always)]
+fn pool_plane(s: &[f32], w: usize, out: &mut [MaybeUninit<f32>], won: &mut [MaybeUninit<i8>]) {
+    let ow = w / 2;
+    for (y, (rows, out_row)) in s
+        .chunks_exact(2 * w)
+        .zip(out.chunks_exact_mut(ow))
+        .enumerate()
+    {
+        let (top, bottom) = rows.split_at(w);
+        // Window order (0,0), (0,1), (1,0), (1,1); the first maximum
+        // wins, a NaN always wins (as in burn-flex and PyTorch).
+        let pick = |best: (f32, i8), v: f32, k: i8| {
+            if v > best.0 || v.is_nan() {
+                (v, k)
+            } else {
+                best
+            }
+        };
+        let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2));
+        if won.is_empty() {
+            for (o, (t, b)) in out_row.iter_mut().zip(windows) {
+                let m = pick(pick(pick((t[0], 0), t[1], 1), b[0], 2), b[1], 3);
+                o.write(m.0);
+            }
+        } else {
+            let won_row = &mut won[y * ow..(y + 1) * ow];
+            for ((o, k), (t, b)) in out_row.iter_mut().zip(won_row.iter_mut()).zip(windows) {
+                let (v, which) = pick(pick(pick((t[0], 0), t[1], 1), b[0], 2), b[1], 3);
+                o.write(v);
+                k.write(which);
+            }
+        }
+    }
+}
+
+/// The kernel on one contiguous f32 tensor; the winning windows only when
+/// asked.
+fn pool(x: FlexTensor, with_windows: bool) -> (FlexTensor, Option<FlexTensor>) {
     let x = x.to_contiguous();
     let shape = x.layout().shape().clone();
     let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
     let (oh, ow) = (h / 2, w / 2);
     let src: &[f32] = x.storage();
-    let plane = |p: usize, out: &mut [MaybeUninit<f32>], idx: &mut [MaybeUninit<i64>]| {
-        let s = &src[p * h * w..(p + 1) * h * w];
-        for (y, (rows, out_row)) in s
-            .chunks_exact(2 * w)
-            .zip(out.chunks_exact_mut(ow))
-            .enumerate()
-        {
-            let (top, bottom) = rows.split_at(w);
-            // Window order (0,0), (0,1), (1,0), (1,1); the first maximum
-            // wins, a NaN always wins (as in burn-flex and PyTorch).
-            let pick = |best: (f32, usize), v: f32, k: usize| {
-                if v > best.0 || v.is_nan() {
-                    (v, k)
-                } else {
-                    best
-                }
-            };
-            if idx.is_empty() {
-                for ((o, t), b) in out_row
-                    .iter_mut()
-                    .zip(top.chunks_exact(2))
-                    .zip(bottom.chunks_exact(2))
-                {
-                    let m = pick(pick(pick((t[0], 0), t[1], 1), b[0], 2), b[1], 3);
-                    o.write(m.0);
-                }
-            } else {
-                let idx_row = &mut idx[y * ow..(y + 1) * ow];
-                for (x, (((o, i), t), b)) in out_row
-                    .iter_mut()
-                    .zip(idx_row.iter_mut())
-                    .zip(top.chunks_exact(2))
-                    .zip(bottom.chunks_exact(2))
-                    .enumerate()
-                {
-                    let (v, k) = pick(pick(pick((t[0], 0), t[1], 1), b[0], 2), b[1], 3);
-                    o.write(v);
-                    let (dy, dx) = (k / 2, k % 2);
-                    i.write(((2 * y + dy) * w + 2 * x + dx) as i64);
-                }
-            }
-        }
+    let plane = |p: usize, out: &mut [MaybeUninit<f32>], won: &mut [MaybeUninit<i8>]| {
+        pool_plane(&src[p * h * w..(p + 1) * h * w], w, out, won)
     };
-    // Tasks of whole planes, about 16k outputs each: small enough to spread
-    // over the cores, large enough that scheduling costs nothing.
     let per_plane = oh * ow;
-    let planes = (16384 / per_plane.max(1)).max(1);
+    let planes = crate::planes_per_task(per_plane);
     let task = per_plane * planes;
     let len = n * c * per_plane;
-    let mut idx = Vec::new();
+    let mut won = Vec::new();
     #[allow(unsafe_code)]
-    // SAFETY: `out` (and `idx`) hold `n·c` planes of `oh` rows of `ow`
+    // SAFETY: `out` (and `won`) hold `n·c` planes of `oh` rows of `ow`
     // values; `plane` writes every row of its plane in full, one value (and
-    // index) per window, and the tasks' chunks cover all planes.
+    // window) per window, and the tasks' chunks cover all planes.
     let out = unsafe {
         crate::written(len, |out| {
-            if with_indices {
-                idx = crate::written(len, |idx| {
+            if with_windows {
+                won = crate::written(len, |won| {
                     out.par_chunks_mut(task)
-                        .zip(idx.par_chunks_mut(task))
+                        .zip(won.par_chunks_mut(task))
                         .enumerate()
-                        .for_each(|(t, (o, i))| {
-                            for (k, (o, i)) in o
+                        .for_each(|(t, (o, k))| {
+                            for (i, (o, k)) in o
                                 .chunks_mut(per_plane)
-                                .zip(i.chunks_mut(per_plane))
+                                .zip(k.chunks_mut(per_plane))
                                 .enumerate()
                             {
-                                plane(t * planes + k, o, i);
+                                crate::vectorized(|| plane(t * planes + i, o, k));
                             }
                         })
                 });
             } else {
                 out.par_chunks_mut(task).enumerate().for_each(|(t, o)| {
-                    for (k, o) in o.chunks_mut(per_plane).enumerate() {
-                        plane(t * planes + k, o, &mut []);
+                    for (i, o) in o.chunks_mut(per_plane).enumerate() {
+                        crate::vectorized(|| plane(t * planes + i, o, &mut []));
                     }
                 });
             }
@@ -134,8 +148,68 @@ fn pool(x: FlexTensor, with_indices: bool) -> (FlexTensor, Option<FlexTensor>) {
     };
     let dims = [n, c, oh, ow];
     let output = FlexTensor::from_data(TensorData::new(out, dims));
-    let indices = with_indices.then(|| FlexTensor::from_data(TensorData::new(idx, dims)));
-    (output, indices)
+    let won = with_windows.then(|| FlexTensor::from_data(TensorData::new(won, dims)));
+    (output, won)
+}
+
+/// The input gradient of [`pool`]: each input plane written once, row pair
+/// by row pair, from the output gradient's row and the winning windows
+/// (zeros in an odd last row or column, which no window covers).
+fn pool_backward(windows: FlexTensor, grad: FlexTensor, h: usize, w: usize) -> FlexTensor {
+    let (windows, grad) = (windows.to_contiguous(), grad.to_contiguous());
+    let shape = grad.layout().shape().clone();
+    let (n, c, oh, ow) = (shape[0], shape[1], shape[2], shape[3]);
+    assert!(
+        oh == h / 2 && ow == w / 2,
+        "max pool gradient {oh}x{ow} for an input of {h}x{w}"
+    );
+    let (won, dy): (&[i8], &[f32]) = (windows.storage(), grad.storage());
+    assert_eq!(won.len(), dy.len(), "max pool windows and gradient sizes");
+    let per_plane = oh * ow;
+    let planes = crate::planes_per_task(per_plane);
+    #[allow(unsafe_code)]
+    // SAFETY: `dx` holds `n·c` planes of `h·w` values, and each task writes
+    // its planes in full: every row pair of the windows, then the odd last
+    // row when there is one; in each row of a pair, every window's two
+    // values, then the odd last value when there is one.
+    let dx = unsafe {
+        crate::written(n * c * h * w, |dx| {
+            dx.par_chunks_mut(h * w * planes)
+                .zip(dy.par_chunks(per_plane * planes))
+                .zip(won.par_chunks(per_plane * planes))
+                .for_each(|((dx, dy), won)| {
+                    for ((dx, dy), won) in dx
+                        .chunks_mut(h * w)
+                        .zip(dy.chunks(per_plane))
+                        .zip(won.chunks(per_plane))
+                    {
+                        let (pairs, odd_row) = dx.split_at_mut(2 * w * oh);
+                        for ((rows, dy), won) in pairs
+                            .chunks_exact_mut(2 * w)
+                            .zip(dy.chunks_exact(ow))
+                            .zip(won.chunks_exact(ow))
+                        {
+                            let (top, bottom) = rows.split_at_mut(w);
+                            for (half, row) in [(0, top), (2, bottom)] {
+                                let (windows, odd) = row.split_at_mut(2 * ow);
+                                for ((pair, &g), &k) in windows.chunks_exact_mut(2).zip(dy).zip(won)
+                                {
+                                    pair[0].write(if k == half { g } else { 0.0 });
+                                    pair[1].write(if k == half + 1 { g } else { 0.0 });
+                                }
+                                odd.iter_mut().for_each(|v| {
+                                    v.write(0.0);
+                                });
+                            }
+                        }
+                        odd_row.iter_mut().for_each(|v| {
+                            v.write(0.0);
+                        });
+                    }
+                })
+        })
+    };
+    FlexTensor::from_data(TensorData::new(dx, [n, c, h, w]))
 }
 
 impl PoolKernels for Flex {
@@ -143,9 +217,18 @@ impl PoolKernels for Flex {
         pool(x, false).0
     }
 
-    fn max_pool_2x2_with_indices(x: FloatTensor<Self>) -> (FloatTensor<Self>, IntTensor<Self>) {
-        let (output, indices) = pool(x, true);
-        (output, indices.expect("indices were asked for"))
+    fn max_pool_2x2_with_windows(x: FloatTensor<Self>) -> (FloatTensor<Self>, IntTensor<Self>) {
+        let (output, windows) = pool(x, true);
+        (output, windows.expect("windows were asked for"))
+    }
+
+    fn max_pool_2x2_backward(
+        windows: IntTensor<Self>,
+        grad: FloatTensor<Self>,
+        height: usize,
+        width: usize,
+    ) -> FloatTensor<Self> {
+        pool_backward(windows, grad, height, width)
     }
 }
 
@@ -155,8 +238,9 @@ impl<B: Backend + PoolKernels, C: CheckpointStrategy> PoolKernels for Autodiff<B
         #[derive(Debug)]
         struct MaxPool2x2;
 
-        impl<B: Backend> Backward<B, 1> for MaxPool2x2 {
-            type State = (FloatTensor<B>, IntTensor<B>);
+        impl<B: Backend + PoolKernels> Backward<B, 1> for MaxPool2x2 {
+            /// The winning windows and the input's height and width.
+            type State = (IntTensor<B>, [usize; 2]);
 
             fn backward(
                 self,
@@ -164,19 +248,9 @@ impl<B: Backend + PoolKernels, C: CheckpointStrategy> PoolKernels for Autodiff<B
                 grads: &mut Gradients,
                 _checkpointer: &mut Checkpointer,
             ) {
-                let (x, indices) = ops.state;
+                let (windows, [h, w]) = ops.state;
                 unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-                    B::max_pool2d_with_indices_backward(
-                        x,
-                        [2, 2],
-                        [2, 2],
-                        [0, 0],
-                        [1, 1],
-                        false,
-                        grad,
-                        indices,
-                    )
-                    .x_grad
+                    B::max_pool_2x2_backward(windows, grad, h, w)
                 });
             }
         }
@@ -185,17 +259,30 @@ impl<B: Backend + PoolKernels, C: CheckpointStrategy> PoolKernels for Autodiff<B
         match MaxPool2x2.prepare::<C>([node]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let input = x.into_primitive();
-                let (output, indices) = B::max_pool_2x2_with_indices(input.clone());
-                prep.finish((input, indices), output)
+                let shape = input.shape();
+                let size = [shape[2], shape[3]];
+                let (output, windows) = B::max_pool_2x2_with_windows(input);
+                prep.finish((windows, size), output)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::max_pool_2x2(x.into_primitive())),
         }
     }
 
-    fn max_pool_2x2_with_indices(x: FloatTensor<Self>) -> (FloatTensor<Self>, IntTensor<Self>) {
+    fn max_pool_2x2_with_windows(x: FloatTensor<Self>) -> (FloatTensor<Self>, IntTensor<Self>) {
         // Not differentiable itself: the autodiff path above uses the inner backend's.
-        let (output, indices) = B::max_pool_2x2_with_indices(x.into_primitive());
-        (<Self as AutodiffBackend>::from_inner(output), indices)
+        let (output, windows) = B::max_pool_2x2_with_windows(x.into_primitive());
+        (<Self as AutodiffBackend>::from_inner(output), windows)
+    }
+
+    fn max_pool_2x2_backward(
+        windows: IntTensor<Self>,
+        grad: FloatTensor<Self>,
+        height: usize,
+        width: usize,
+    ) -> FloatTensor<Self> {
+        // Not differentiable itself, as above.
+        let dx = B::max_pool_2x2_backward(windows, grad.into_primitive(), height, width);
+        <Self as AutodiffBackend>::from_inner(dx)
     }
 }
 

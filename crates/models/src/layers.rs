@@ -8,6 +8,7 @@ use burn::prelude::*;
 use burn::tensor::ops::ConvOptions;
 
 use crate::{Activation, ActivationConfig, Init, LayerActivations};
+use cifar_kernels::FusedActivation;
 
 /// Linear, then batch norm (optional), then activation, then dropout (optional).
 #[derive(Module, Debug)]
@@ -81,15 +82,16 @@ pub(crate) fn check_dropout(dropout: f64) -> Result<(), String> {
 /// `norm` applied to `x`, as `BatchNorm::forward` does: on 4-D activations
 /// in training mode through the fused kernel of `cifar_kernels` (on flex;
 /// Burn's own operation elsewhere), with the running statistics updated as
-/// Burn updates them. With `then_relu`, that kernel applies ReLU to its
-/// output in the same passes ([`cifar_kernels::batch_norm_relu_train`]).
+/// Burn updates them. That kernel applies `then` to its output in the same
+/// passes ([`cifar_kernels::batch_norm_relu_train`],
+/// [`cifar_kernels::batch_norm_gelu_train`]).
 ///
-/// Returns the output and whether ReLU was applied: only where the kernel
-/// ran, so the caller applies its activation otherwise.
+/// Returns the output and whether `then` was applied: only where the
+/// kernel ran, so the caller applies its activation otherwise.
 fn batch_norm<const D: usize>(
     norm: &BatchNorm,
     x: Tensor<D>,
-    then_relu: bool,
+    then: FusedActivation,
 ) -> (Tensor<D>, bool) {
     if D != 4 || !(x.device().is_autodiff() && norm.training.is_enabled()) {
         return (norm.forward(x), false);
@@ -97,9 +99,10 @@ fn batch_norm<const D: usize>(
     let device = x.device();
     let dims = x.dims();
     let d: Vec<usize> = dims.to_vec();
-    let normalize = match then_relu {
-        true => cifar_kernels::batch_norm_relu_train,
-        false => cifar_kernels::batch_norm_train,
+    let normalize = match then {
+        FusedActivation::Identity => cifar_kernels::batch_norm_train,
+        FusedActivation::Relu => cifar_kernels::batch_norm_relu_train,
+        FusedActivation::Gelu => cifar_kernels::batch_norm_gelu_train,
     };
     let r = normalize(
         x.reshape([d[0], d[1], d[2], d[3]]),
@@ -118,15 +121,16 @@ fn batch_norm<const D: usize>(
         .update(update(norm.running_mean.value_sync(), r.mean));
     norm.running_var
         .update(update(norm.running_var.value_sync(), r.variance));
-    (r.output.reshape(dims), then_relu)
+    (r.output.reshape(dims), then != FusedActivation::Identity)
 }
 
 /// Batch norm (if any), then the activation; pushes the values before and
 /// after the activation to `observed` when given.
 ///
-/// Batch norm and a ReLU after it run as one kernel when no one observes
-/// the values between them (the default CNN's training step about 3%
-/// faster; BENCHMARKS.md, "Tenth round").
+/// Batch norm and a ReLU or GELU after it run as one kernel when no one
+/// observes the values between them (the default CNN's training step about
+/// 3% faster with ReLU, BENCHMARKS.md "Tenth round"; the recipe network's
+/// with GELU, "Batch norm and GELU in one kernel").
 fn norm_then_activate<const D: usize>(
     x: Tensor<D>,
     norm: Option<&BatchNorm>,
@@ -135,8 +139,13 @@ fn norm_then_activate<const D: usize>(
 ) -> Tensor<D> {
     let x = match norm {
         Some(norm) => {
-            let fuse_relu = observed.is_none() && matches!(activation, Activation::Relu(_));
-            match batch_norm(norm, x, fuse_relu) {
+            let then = match activation {
+                _ if observed.is_some() => FusedActivation::Identity,
+                Activation::Relu(_) => FusedActivation::Relu,
+                Activation::Gelu(_) => FusedActivation::Gelu,
+                _ => FusedActivation::Identity,
+            };
+            match batch_norm(norm, x, then) {
                 (y, true) => return y,
                 (x, false) => x,
             }

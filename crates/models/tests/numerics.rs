@@ -268,7 +268,7 @@ fn training_step_on(
 }
 
 /// A training step through the flex kernels (convolution, batch norm fused
-/// with ReLU, pooling, linear) gives Burn's own values on ndarray: the
+/// with ReLU or GELU, pooling, linear) gives Burn's own values on ndarray: the
 /// logits with batch statistics and the gradient that reaches the input
 /// through every layer's backward pass.
 #[test]
@@ -280,6 +280,9 @@ fn a_training_step_on_flex_equals_ndarray() {
         ModelConfig::Cnn(CnnConfig::vgg()),
         ModelConfig::Cnn(CnnConfig::vgg_with_widths([32, 64, 128])),
         ModelConfig::Cnn(CnnConfig::small()),
+        // GELU after every batch norm. (Without its whitening layer, which
+        // is frozen and passes no gradient back to the images.)
+        ModelConfig::Cnn(CnnConfig::airbench().with_whiten(0)),
     ] {
         let path = dir.path().join("w.bpk");
         config.init(&Device::flex()).save_file(&path).unwrap();
