@@ -175,27 +175,6 @@ unsafe fn written<T>(n: usize, write: impl FnOnce(&mut [std::mem::MaybeUninit<T>
     values
 }
 
-/// `f()`, compiled for the CPU's widest vector instructions (AVX-512 where
-/// there is one) and chosen at run time, as pulp's dispatch does for faer.
-/// The crate itself is compiled for the baseline x86-64 (SSE2), so a loop
-/// outside such a dispatch runs 4 values at a time at most, or one; `f`'s
-/// body must be inlined into it (`#[inline(always)]` on what it calls).
-fn vectorized<R>(f: impl FnOnce() -> R) -> R {
-    /// The closure as pulp's task.
-    struct Task<F>(F);
-
-    impl<R, F: FnOnce() -> R> pulp::WithSimd for Task<F> {
-        type Output = R;
-
-        #[inline(always)]
-        fn with_simd<S: pulp::Simd>(self, _: S) -> R {
-            (self.0)()
-        }
-    }
-
-    pulp::Arch::new().dispatch(Task(f))
-}
-
 /// Planes per parallel task for a kernel that works plane by plane on
 /// planes of `per_plane` values: tasks of about 16k values, small enough to
 /// spread over the cores, large enough that scheduling costs nothing.

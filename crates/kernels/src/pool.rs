@@ -63,9 +63,7 @@ pub fn max_pool_2x2(x: Tensor<4>) -> Tensor<4> {
 }
 
 /// One input plane of `w` columns pooled into `out` (rows of `w / 2`), with
-/// the winning windows in `won` unless it is empty; inlined into the
-/// vectorized task that calls it ([`crate::vectorized`]).
-#[inline(always)]
+/// the winning windows in `won` unless it is empty.
 fn pool_plane(s: &[f32], w: usize, out: &mut [MaybeUninit<f32>], won: &mut [MaybeUninit<i8>]) {
     let ow = w / 2;
     for (y, (rows, out_row)) in s
@@ -133,14 +131,14 @@ fn pool(x: FlexTensor, with_windows: bool) -> (FlexTensor, Option<FlexTensor>) {
                                 .zip(k.chunks_mut(per_plane))
                                 .enumerate()
                             {
-                                crate::vectorized(|| plane(t * planes + i, o, k));
+                                plane(t * planes + i, o, k);
                             }
                         })
                 });
             } else {
                 out.par_chunks_mut(task).enumerate().for_each(|(t, o)| {
                     for (i, o) in o.chunks_mut(per_plane).enumerate() {
-                        crate::vectorized(|| plane(t * planes + i, o, &mut []));
+                        plane(t * planes + i, o, &mut []);
                     }
                 });
             }

@@ -77,7 +77,6 @@ impl Sizes {
     /// Pads `image` (`[C, H, W]`) into `pairs`: `kpad / 2` planes of
     /// [`plane`](Self::plane) words, channels `2p` and `2p + 1` of padded
     /// position `(y + 1)·(W + 1) + 1 + x` in word `p·plane + position`.
-    #[inline(always)]
     fn pack_image(&self, image: &[f32], pairs: &mut [u32]) {
         let (h, w, row) = (self.height, self.width, self.row);
         pairs.fill(0);
@@ -186,7 +185,7 @@ pub(crate) fn shifted_forward(
             || (Vec::<Line>::new(), vec![0f32; co * s.wide]),
             |(buffer, wide_out), (out, image)| {
                 let pairs = &mut words(lines(buffer, pair_words.div_ceil(16)))[..pair_words];
-                crate::vectorized(|| s.pack_image(image, pairs));
+                s.pack_image(image, pairs);
                 super::on_tiles(engine, || {
                     let mut block = [[0f32; BLOCK]; BLOCK];
                     for n0 in (0..s.wide).step_by(BLOCK) {
@@ -259,7 +258,6 @@ impl Sizes {
 
     /// Pads `image` into bf16 rows: channel `c`'s padded position
     /// `(y + 1)·(W + 1) + 1 + x` at `c·plane + position`.
-    #[inline(always)]
     fn pack_image_rows(&self, image: &[f32], rows: &mut [u16]) {
         let (h, w, row) = (self.height, self.width, self.row);
         rows.fill(0);
@@ -387,7 +385,7 @@ pub(crate) fn shifted_weight_gradient(
         .zip(xs.par_chunks(c * h * w))
         .fold(init, |mut sums, (image_dy, image)| {
             let image_rows = &mut super::halves(&mut sums.image)[..image_len];
-            crate::vectorized(|| s.pack_image_rows(image, image_rows));
+            s.pack_image_rows(image, image_rows);
             let grad = &mut words(&mut sums.grad)[..grad_len];
             s.pack_grad(image_dy, grad, &mut sums.bias, &mut sums.row);
             let (image_rows, grad) = (&*image_rows, &*grad);
