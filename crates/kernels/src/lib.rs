@@ -4,7 +4,7 @@
 //! buffers, with an `Autodiff` implementation that records the backward pass.
 //!
 //! The public functions ([`conv2d`], [`linear`], [`max_pool_2x2`],
-//! [`batch_norm_train`], [`batch_norm_relu_train`], [`batch_norm_gelu_train`], [`relu`], [`gelu`], [`sgd_momentum_step`]) take and return ordinary
+//! [`batch_norm_train`], [`batch_norm_relu_train`], [`batch_norm_gelu_train`], [`batch_norm_activated_train`], [`relu`], [`gelu`], [`sgd_momentum_step`]) take and return ordinary
 //! tensors: on flex (plain or autodiff) they run the kernel, on every other
 //! backend Burn's own operation, so models stay portable and results agree.
 //!
@@ -265,8 +265,8 @@ pub use bf16::{
 pub use conv::{ConvKernels, conv2d};
 pub use linear::{LinearKernels, linear};
 pub use norm::{
-    BatchNormTrained, FusedActivation, NormKernels, batch_norm_gelu_train, batch_norm_relu_train,
-    batch_norm_train,
+    BatchNormTrained, FusedActivation, NormKernels, batch_norm_activated_train,
+    batch_norm_gelu_train, batch_norm_relu_train, batch_norm_train,
 };
 pub use pool::{PoolKernels, max_pool_2x2};
 pub use sgd::{SgdKernels, SgdStep, sgd_momentum_step};

@@ -113,7 +113,7 @@ pub fn batch_norm_train(
     beta: Tensor<1>,
     epsilon: f64,
 ) -> BatchNormTrained {
-    normalize(x, gamma, beta, epsilon, FusedActivation::Identity)
+    batch_norm_activated_train(x, gamma, beta, epsilon, FusedActivation::Identity)
 }
 
 /// Batch normalization of `x` with its batch statistics, then ReLU, in the
@@ -130,7 +130,7 @@ pub fn batch_norm_relu_train(
     beta: Tensor<1>,
     epsilon: f64,
 ) -> BatchNormTrained {
-    normalize(x, gamma, beta, epsilon, FusedActivation::Relu)
+    batch_norm_activated_train(x, gamma, beta, epsilon, FusedActivation::Relu)
 }
 
 /// Batch normalization of `x` with its batch statistics, then GELU, in the
@@ -147,11 +147,19 @@ pub fn batch_norm_gelu_train(
     beta: Tensor<1>,
     epsilon: f64,
 ) -> BatchNormTrained {
-    normalize(x, gamma, beta, epsilon, FusedActivation::Gelu)
+    batch_norm_activated_train(x, gamma, beta, epsilon, FusedActivation::Gelu)
 }
 
-/// [`batch_norm_train`], followed by `activation`.
-fn normalize(
+/// Batch normalization of `x` with its batch statistics, then
+/// `activation`, in the same passes: [`batch_norm_train`],
+/// [`batch_norm_relu_train`] or [`batch_norm_gelu_train`], chosen by value
+/// (for a model whose activation is a setting).
+///
+/// # Shapes
+///
+/// - `x`: `[N, C, H, W]`; `gamma`, `beta`: `[C]`
+/// - output: `[N, C, H, W]`; mean, variance: `[C]`
+pub fn batch_norm_activated_train(
     x: Tensor<4>,
     gamma: Tensor<1>,
     beta: Tensor<1>,
@@ -290,6 +298,24 @@ fn affine_plane<const RELU: bool>(out: &mut [MaybeUninit<f32>], x: &[f32], s: f3
     }
 }
 
+/// The planes of one task of whole planes of `plane` values, the first of
+/// them plane `first` of the tensor (of channel `first % C`), each through
+/// [`affine_plane`] with its channel's `scale` and `shift` (`[C]` each).
+#[inline(always)]
+fn affine_planes<const RELU: bool>(
+    out: &mut [MaybeUninit<f32>],
+    x: &[f32],
+    (plane, first): (usize, usize),
+    scale: &[f32],
+    shift: &[f32],
+) {
+    let c = scale.len();
+    for (p, (out, x)) in out.chunks_mut(plane).zip(x.chunks(plane)).enumerate() {
+        let ch = (first + p) % c;
+        affine_plane::<RELU>(out, x, scale[ch], shift[ch]);
+    }
+}
+
 /// The gradient `g` of the output, as it reaches batch norm: behind ReLU
 /// (`RELU`), `g` where the output `y` is positive and zero elsewhere (as
 /// Burn's ReLU backward); `g` itself otherwise.
@@ -381,16 +407,12 @@ impl NormKernels for Flex {
                     .zip(data.par_chunks(task))
                     .enumerate()
                     .for_each(|(t, (out, x))| {
-                        let first = t * (task / plane);
-                        for (p, (out, x)) in out.chunks_mut(plane).zip(x.chunks(plane)).enumerate()
-                        {
-                            let ch = (first + p) % c;
-                            match activation {
-                                FusedActivation::Relu => {
-                                    affine_plane::<true>(out, x, scale[ch], shift[ch])
-                                }
-                                _ => affine_plane::<false>(out, x, scale[ch], shift[ch]),
+                        let planes = (plane, t * (task / plane));
+                        match activation {
+                            FusedActivation::Relu => {
+                                affine_planes::<true>(out, x, planes, &scale, &shift)
                             }
+                            _ => affine_planes::<false>(out, x, planes, &scale, &shift),
                         }
                         if activation == FusedActivation::Gelu {
                             // Every plane of the task is written: see above.
@@ -548,10 +570,7 @@ fn gelu_backward(
                 .enumerate()
                 .map(|(t, (g, (x, dy)))| {
                     let first = t * (task / plane);
-                    for (p, (g, x)) in g.chunks_mut(plane).zip(x.chunks(plane)).enumerate() {
-                        let ch = (first + p) % c;
-                        affine_plane::<false>(g, x, scale[ch], shift[ch]);
-                    }
+                    affine_planes::<false>(g, x, (plane, first), &scale, &shift);
                     // Every plane of the task is written: see above.
                     let g = crate::assume_written(g);
                     gelu_backward_in_place(arch, g, dy);

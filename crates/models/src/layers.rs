@@ -83,8 +83,7 @@ pub(crate) fn check_dropout(dropout: f64) -> Result<(), String> {
 /// in training mode through the fused kernel of `cifar_kernels` (on flex;
 /// Burn's own operation elsewhere), with the running statistics updated as
 /// Burn updates them. That kernel applies `then` to its output in the same
-/// passes ([`cifar_kernels::batch_norm_relu_train`],
-/// [`cifar_kernels::batch_norm_gelu_train`]).
+/// passes ([`cifar_kernels::batch_norm_activated_train`]).
 ///
 /// Returns the output and whether `then` was applied: only where the
 /// kernel ran, so the caller applies its activation otherwise.
@@ -99,16 +98,12 @@ fn batch_norm<const D: usize>(
     let device = x.device();
     let dims = x.dims();
     let d: Vec<usize> = dims.to_vec();
-    let normalize = match then {
-        FusedActivation::Identity => cifar_kernels::batch_norm_train,
-        FusedActivation::Relu => cifar_kernels::batch_norm_relu_train,
-        FusedActivation::Gelu => cifar_kernels::batch_norm_gelu_train,
-    };
-    let r = normalize(
+    let r = cifar_kernels::batch_norm_activated_train(
         x.reshape([d[0], d[1], d[2], d[3]]),
         norm.gamma.val(),
         norm.beta.val(),
         norm.epsilon,
+        then,
     );
     let update = |running: Tensor<1>, batch: Tensor<1>| {
         running
