@@ -460,7 +460,8 @@ impl Cnn {
     }
 
     /// As [`forward`](Self::forward), also returning every conv and hidden
-    /// layer's values (named `stage1.conv1`, `stage2.res1`, `head1`, ...).
+    /// layer's values, named by their module path as the parameters are
+    /// (`stages.0.convs.0`, `stages.1.residual.0`, `hidden.0`, ...).
     pub fn forward_observed(&self, input: Tensor<4>) -> (Tensor<2>, Vec<LayerActivations>) {
         let mut observed = Vec::new();
         let logits = self.run(input, Some(&mut observed));
@@ -479,7 +480,7 @@ impl Cnn {
             for (c, conv) in stage.convs.iter().enumerate() {
                 let obs = observed
                     .as_deref_mut()
-                    .map(|o| (o, format!("stage{}.conv{}", s + 1, c + 1)));
+                    .map(|o| (o, format!("stages.{s}.convs.{c}")));
                 x = conv.forward_observed(x, obs);
             }
             if stage.pool.is_some() {
@@ -491,7 +492,7 @@ impl Cnn {
                 for (r, conv) in stage.residual.iter().enumerate() {
                     let obs = observed
                         .as_deref_mut()
-                        .map(|o| (o, format!("stage{}.res{}", s + 1, r + 1)));
+                        .map(|o| (o, format!("stages.{s}.residual.{r}")));
                     branch = conv.forward_observed(branch, obs);
                 }
                 x = x + branch;
@@ -503,9 +504,7 @@ impl Cnn {
             HeadPooling::Flatten => x.flatten(1, 3),
         };
         for (i, block) in self.hidden.iter().enumerate() {
-            let obs = observed
-                .as_deref_mut()
-                .map(|o| (o, format!("head{}", i + 1)));
+            let obs = observed.as_deref_mut().map(|o| (o, format!("hidden.{i}")));
             x = block.forward_observed(x, obs);
         }
         if let Some(dropout) = &self.dropout {

@@ -98,7 +98,8 @@ impl Mlp {
     }
 
     /// As [`forward`](Self::forward), also returning every hidden layer's
-    /// values (named `hidden1`, `hidden2`, ...).
+    /// values, named by their module path as the parameters are (`hidden.0`,
+    /// `hidden.1`, ...).
     pub fn forward_observed<const D: usize>(
         &self,
         input: Tensor<D>,
@@ -116,9 +117,7 @@ impl Mlp {
         let dims = input.dims();
         let mut x: Tensor<2> = input.reshape([dims[0], dims[1..].iter().product()]);
         for (i, block) in self.hidden.iter().enumerate() {
-            let obs = observed
-                .as_deref_mut()
-                .map(|o| (o, format!("hidden{}", i + 1)));
+            let obs = observed.as_deref_mut().map(|o| (o, format!("hidden.{i}")));
             x = block.forward_observed(x, obs);
         }
         crate::apply_linear(&self.output, x)

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 /// One hidden layer's values from a forward pass, flattened per example.
 #[derive(Debug, Clone)]
 pub struct LayerActivations {
-    /// The layer's name, such as `hidden3` or `stage2.conv1`.
+    /// The layer's name, such as `hidden.2` or `stages.1.convs.0`.
     pub name: String,
     /// `[N, units]` values before the activation (after batch norm, if any).
     pub pre: Tensor<2>,

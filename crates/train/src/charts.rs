@@ -726,7 +726,7 @@ pub fn confusion_chart(
 pub struct InitLayer {
     /// 1-based layer number.
     pub layer: usize,
-    /// The layer's name (`hidden3`, `stage2.conv1`).
+    /// The layer's name (`hidden.2`, `stages.1.convs.0`).
     pub name: String,
     /// Mean of the layer's outputs.
     pub mean: f64,

@@ -69,7 +69,7 @@ pub struct RatioPoint {
 /// One hidden layer's activations on the probe batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerSnapshot {
-    /// The layer's name (`stage1.conv1`, `hidden2`).
+    /// The layer's name (`stages.0.convs.0`, `hidden.1`).
     pub name: String,
     /// Its statistics; the histogram spans the values' own range.
     pub stats: ActivationStats,
@@ -824,7 +824,7 @@ mod tests {
         let csv = std::fs::read_to_string(dir.path().join("layers.csv")).unwrap();
         assert!(csv.starts_with(LAYERS_HEADER));
         assert!(csv.contains("1,output,weight,update_ratio,"), "{csv}");
-        assert!(csv.contains("1,hidden1,activation,std,"), "{csv}");
+        assert!(csv.contains("1,hidden.0,activation,std,"), "{csv}");
     }
 
     fn snapshot(name: &str, values: &[f32], band: Option<(f32, f32)>, dead: f64) -> LayerSnapshot {
@@ -853,13 +853,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut relu = monitor_in(dir.path());
         let layers = [
-            snapshot("hidden1", &[0.0, 0.0, 0.0, 1.0], None, 0.75),
-            snapshot("hidden2", &[0.0, 1.0, 2.0, 3.0], None, 0.25),
+            snapshot("hidden.0", &[0.0, 0.0, 0.0, 1.0], None, 0.75),
+            snapshot("hidden.1", &[0.0, 1.0, 2.0, 3.0], None, 0.25),
         ];
         relu.check_activations(&first_step(0.1), &layers);
         relu.check_activations(&first_step(0.1), &layers);
         assert_eq!(relu.warnings().len(), 1, "{:?}", relu.warnings());
-        assert!(relu.warnings()[0].contains("75% of the ReLU units of hidden1 are dead"));
+        assert!(relu.warnings()[0].contains("75% of the ReLU units of hidden.0 are dead"));
 
         let mut tanh = monitor_with(
             &dir.path().join("tanh.csv"),
@@ -869,12 +869,12 @@ mod tests {
         tanh.check_activations(
             &first_step(0.1),
             &[
-                snapshot("hidden1", &[-1.0, 1.0, 0.999, 0.2], band, 0.0),
-                snapshot("hidden2", &[-0.5, 0.5, 0.1, 0.2], band, 0.0),
+                snapshot("hidden.0", &[-1.0, 1.0, 0.999, 0.2], band, 0.0),
+                snapshot("hidden.1", &[-0.5, 0.5, 0.1, 0.2], band, 0.0),
             ],
         );
         assert_eq!(tanh.warnings().len(), 1, "{:?}", tanh.warnings());
-        assert!(tanh.warnings()[0].contains("75% of the activations of hidden1 are saturated"));
+        assert!(tanh.warnings()[0].contains("75% of the activations of hidden.0 are saturated"));
     }
 
     fn last(name: &str, ratio: f64) -> LastRatio {

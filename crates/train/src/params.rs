@@ -265,4 +265,57 @@ mod tests {
         assert!(conv.is_weight());
         assert_eq!(conv.layer(), "stages.0.convs.0.conv");
     }
+
+    #[test]
+    fn observed_layers_are_named_as_their_parameters() {
+        // The monitor's activation rows and its update/weight ratios name
+        // the same layer the same way: activations `L`, weight `L.conv.weight`
+        // (or `L.linear.weight`).
+        let device = Device::flex().autodiff();
+        let cnn = ModelConfig::Cnn(
+            CnnConfig::new(vec![
+                cifar_models::StageConfig::new(vec![2, 2]),
+                cifar_models::StageConfig::new(vec![2]).with_residual(true),
+            ])
+            .with_head_hidden(vec![3]),
+        )
+        .init(&device);
+        let mlp = ModelConfig::Mlp(
+            MlpConfig::new()
+                .with_hidden_sizes(vec![4, 4])
+                .with_input_size(3 * 8 * 8),
+        )
+        .init(&device);
+        for (model, expected) in [
+            (
+                cnn,
+                &[
+                    "stages.0.convs.0",
+                    "stages.0.convs.1",
+                    "stages.1.convs.0",
+                    "stages.1.residual.0",
+                    "stages.1.residual.1",
+                    "hidden.0",
+                ][..],
+            ),
+            (mlp, &["hidden.0", "hidden.1"][..]),
+        ] {
+            let images = Tensor::<4>::zeros([2, 3, 8, 8], &device);
+            let (_, observed) = model.forward_observed(images);
+            let names: Vec<&str> = observed.iter().map(|o| o.name.as_str()).collect();
+            assert_eq!(names, expected);
+            let weights: Vec<String> = parameters(&model, None)
+                .into_iter()
+                .filter(|p| p.is_weight())
+                .map(|p| p.name)
+                .collect();
+            for name in names {
+                assert!(
+                    weights.iter().any(|w| *w == format!("{name}.conv.weight")
+                        || *w == format!("{name}.linear.weight")),
+                    "{name} has no weight among {weights:?}"
+                );
+            }
+        }
+    }
 }
