@@ -413,8 +413,35 @@ pub fn update_ratio_chart(path: &Path, history: &RatioHistory) -> Result<()> {
         .max()
         .unwrap_or(1)
         .max(2) as f64;
-    draw(path, (1000, 560), |root| {
-        let mut chart = ChartBuilder::on(root)
+    // The legend sits in a panel right of the plot: inside it, it covered
+    // the curves around 1e-3, the band the chart is read for.
+    let grey = RGBColor(110, 110, 110);
+    let mut entries: Vec<LegendEntry> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| LegendEntry {
+            label: name.trim_end_matches(".weight").to_string(),
+            color: color(i),
+            dashed: false,
+        })
+        .collect();
+    entries.push(LegendEntry {
+        label: "1e-3 reference".into(),
+        color: BLACK,
+        dashed: true,
+    });
+    if !equilibrium.is_empty() {
+        entries.push(LegendEntry {
+            label: "equilibrium of weights\nfeeding batch norm".into(),
+            color: grey,
+            dashed: true,
+        });
+    }
+    let (plot_width, panel_width) = (1000, 300);
+    let height = 560.max(LegendEntry::panel_height(&entries));
+    draw(path, (plot_width + panel_width, height), |root| {
+        let (plot, panel) = root.split_horizontally(plot_width);
+        let mut chart = ChartBuilder::on(&plot)
             .caption(
                 "Update/weight ratio per layer (about 1e-3 is healthy)",
                 caption_style(),
@@ -432,46 +459,76 @@ pub fn update_ratio_chart(path: &Path, history: &RatioHistory) -> Result<()> {
             .label_style(label_style())
             .draw()?;
         for (i, name) in names.iter().enumerate() {
-            let c = color(i);
-            chart
-                .draw_series(LineSeries::new(
-                    ratios
-                        .iter()
-                        .filter(|r| r.name == *name && r.ratio.is_finite() && r.ratio > 0.0)
-                        .map(|r| ((r.iteration + 1) as f64, r.ratio)),
-                    c.stroke_width(2),
-                ))?
-                .label(name.trim_end_matches(".weight").to_string())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-                });
+            chart.draw_series(LineSeries::new(
+                ratios
+                    .iter()
+                    .filter(|r| r.name == *name && r.ratio.is_finite() && r.ratio > 0.0)
+                    .map(|r| ((r.iteration + 1) as f64, r.ratio)),
+                color(i).stroke_width(2),
+            ))?;
         }
-        chart
-            .draw_series(DashedLineSeries::new(
-                vec![(1.0, HEALTHY_RATIO), (x_max, HEALTHY_RATIO)],
-                8,
-                5,
-                BLACK.stroke_width(2),
-            ))?
-            .label("1e-3 reference")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+        chart.draw_series(DashedLineSeries::new(
+            vec![(1.0, HEALTHY_RATIO), (x_max, HEALTHY_RATIO)],
+            8,
+            5,
+            BLACK.stroke_width(2),
+        ))?;
         if !equilibrium.is_empty() {
-            let grey = RGBColor(110, 110, 110).stroke_width(3);
-            chart
-                .draw_series(DashedLineSeries::new(
-                    equilibrium.iter().copied(),
-                    3,
-                    4,
-                    grey,
-                ))?
-                .label("equilibrium of weights feeding batch norm")
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey));
+            chart.draw_series(DashedLineSeries::new(
+                equilibrium.iter().copied(),
+                3,
+                4,
+                grey.stroke_width(3),
+            ))?;
         }
-        // Warmup rises at the left and the decay falls at the right; the
-        // bottom middle is where the curves are least likely to be.
-        legend(&mut chart, SeriesLabelPosition::LowerMiddle)?;
-        Ok(())
+        LegendEntry::draw_panel(&panel, &entries)
     })
+}
+
+/// One line of a legend drawn in its own panel beside a chart (`\n` in
+/// the label breaks it over lines).
+struct LegendEntry {
+    label: String,
+    color: RGBColor,
+    dashed: bool,
+}
+
+impl LegendEntry {
+    /// Pixels from the panel's top to its first entry (below the caption).
+    const TOP: i32 = 60;
+    /// Pixels per line of text.
+    const LINE: i32 = 22;
+
+    /// The height a panel of `entries` needs.
+    fn panel_height(entries: &[Self]) -> u32 {
+        let lines: usize = entries.iter().map(|e| e.label.lines().count()).sum();
+        (Self::TOP + Self::LINE * lines as i32 + 20) as u32
+    }
+
+    /// Each entry's line sample (dashed or solid) and label, top down.
+    fn draw_panel(panel: &Area<'_>, entries: &[Self]) -> DrawResult {
+        let mut y = Self::TOP;
+        for entry in entries {
+            let style = entry.color.stroke_width(if entry.dashed { 3 } else { 2 });
+            let sample: &[(i32, i32)] = if entry.dashed {
+                &[(4, 12), (16, 24), (28, 34)]
+            } else {
+                &[(4, 34)]
+            };
+            for &(from, to) in sample {
+                panel.draw(&PathElement::new(vec![(from, y), (to, y)], style))?;
+            }
+            for line in entry.label.lines() {
+                panel.draw(&Text::new(
+                    line.to_string(),
+                    (42, y),
+                    label_style().pos(Pos::new(HPos::Left, VPos::Center)),
+                ))?;
+                y += Self::LINE;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One histogram per row, `titles[i]` above row `i`, all over `[lo, hi]`.
@@ -1267,6 +1324,51 @@ mod tests {
         assert!(dark_pixels(&path, 0..40) > 100, "no title text");
         loss_chart(&path, &steps, &[50, 100], true).unwrap();
         assert!(dark_pixels(&path, 0..40) > 100, "no title text (log scale)");
+    }
+
+    #[test]
+    fn the_update_ratio_legend_lists_every_layer_beside_the_plot() {
+        use crate::monitor::RatioPoint;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("update-ratio.png");
+        // 30 layers: more entries than a 560-pixel panel holds.
+        let ratios = (0..30)
+            .flat_map(|layer| {
+                (0..5).map(move |step| RatioPoint {
+                    iteration: step,
+                    name: format!("stages.{layer}.convs.0.conv.weight"),
+                    ratio: 1e-3 * (1.0 + layer as f64 / 10.0),
+                })
+            })
+            .collect();
+        let history = RatioHistory {
+            ratios,
+            equilibrium: (0..5).map(|step| (step, 3e-3)).collect(),
+        };
+        update_ratio_chart(&path, &history).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        // 30 layers, the reference, and the two-line equilibrium label.
+        let lines = 33;
+        let height = (LegendEntry::TOP + LegendEntry::LINE * lines + 20) as u32;
+        assert_eq!(img.dimensions(), (1300, height));
+        // Each layer's sample line, in its color, in the panel right of the
+        // plot (x from 1,004 to 1,034), one line apart: none clipped.
+        for layer in 0..30 {
+            let y = (LegendEntry::TOP + LegendEntry::LINE * layer as i32) as u32;
+            let pixel = img.get_pixel(1019, y).0;
+            let want = color(layer).rgb();
+            let close = pixel
+                .iter()
+                .zip([want.0, want.1, want.2])
+                .all(|(&a, b)| a.abs_diff(b) < 40);
+            assert!(close, "layer {layer}: {pixel:?} at y {y}, want {want:?}");
+        }
+        // Its label's text to the right of the sample.
+        let y = LegendEntry::TOP as u32;
+        let text = (1042..1290)
+            .filter(|&x| (y - 6..y + 6).any(|y| img.get_pixel(x, y).0.iter().all(|&c| c < 100)))
+            .count();
+        assert!(text > 50, "no label text beside the first sample");
     }
 
     #[test]
