@@ -415,25 +415,26 @@ pub fn update_ratio_chart(path: &Path, history: &RatioHistory) -> Result<()> {
         .max(2) as f64;
     // The legend sits in a panel right of the plot: inside it, it covered
     // the curves around 1e-3, the band the chart is read for.
-    let grey = RGBColor(110, 110, 110);
+    let reference_style = BLACK.stroke_width(2);
+    let equilibrium_style = RGBColor(110, 110, 110).stroke_width(3);
     let mut entries: Vec<LegendEntry> = names
         .iter()
         .enumerate()
         .map(|(i, name)| LegendEntry {
             label: name.trim_end_matches(".weight").to_string(),
-            color: color(i),
+            style: color(i).stroke_width(2),
             dashed: false,
         })
         .collect();
     entries.push(LegendEntry {
         label: "1e-3 reference".into(),
-        color: BLACK,
+        style: reference_style,
         dashed: true,
     });
     if !equilibrium.is_empty() {
         entries.push(LegendEntry {
             label: "equilibrium of weights\nfeeding batch norm".into(),
-            color: grey,
+            style: equilibrium_style,
             dashed: true,
         });
     }
@@ -458,27 +459,27 @@ pub fn update_ratio_chart(path: &Path, history: &RatioHistory) -> Result<()> {
             .y_label_formatter(&|y| format!("{y:.0e}"))
             .label_style(label_style())
             .draw()?;
-        for (i, name) in names.iter().enumerate() {
+        for (name, entry) in names.iter().zip(&entries) {
             chart.draw_series(LineSeries::new(
                 ratios
                     .iter()
                     .filter(|r| r.name == *name && r.ratio.is_finite() && r.ratio > 0.0)
                     .map(|r| ((r.iteration + 1) as f64, r.ratio)),
-                color(i).stroke_width(2),
+                entry.style,
             ))?;
         }
         chart.draw_series(DashedLineSeries::new(
             vec![(1.0, HEALTHY_RATIO), (x_max, HEALTHY_RATIO)],
             8,
             5,
-            BLACK.stroke_width(2),
+            reference_style,
         ))?;
         if !equilibrium.is_empty() {
             chart.draw_series(DashedLineSeries::new(
                 equilibrium.iter().copied(),
                 3,
                 4,
-                grey.stroke_width(3),
+                equilibrium_style,
             ))?;
         }
         LegendEntry::draw_panel(&panel, &entries)
@@ -489,7 +490,8 @@ pub fn update_ratio_chart(path: &Path, history: &RatioHistory) -> Result<()> {
 /// the label breaks it over lines).
 struct LegendEntry {
     label: String,
-    color: RGBColor,
+    /// The series' own line style.
+    style: ShapeStyle,
     dashed: bool,
 }
 
@@ -509,14 +511,13 @@ impl LegendEntry {
     fn draw_panel(panel: &Area<'_>, entries: &[Self]) -> DrawResult {
         let mut y = Self::TOP;
         for entry in entries {
-            let style = entry.color.stroke_width(if entry.dashed { 3 } else { 2 });
             let sample: &[(i32, i32)] = if entry.dashed {
                 &[(4, 12), (16, 24), (28, 34)]
             } else {
                 &[(4, 34)]
             };
             for &(from, to) in sample {
-                panel.draw(&PathElement::new(vec![(from, y), (to, y)], style))?;
+                panel.draw(&PathElement::new(vec![(from, y), (to, y)], entry.style))?;
             }
             for line in entry.label.lines() {
                 panel.draw(&Text::new(
@@ -1298,10 +1299,15 @@ pub fn training_charts(
 mod tests {
     use super::*;
 
-    /// Dark pixels in rows `rows` of the PNG at `path`: text or lines were drawn there.
-    fn dark_pixels(path: &Path, rows: std::ops::Range<u32>) -> usize {
+    /// Dark pixels in rows `rows` and columns `columns` of the PNG at
+    /// `path`: text or lines were drawn there.
+    fn dark_pixels(
+        path: &Path,
+        rows: std::ops::Range<u32>,
+        columns: std::ops::Range<u32>,
+    ) -> usize {
         let img = image::open(path).unwrap().to_rgb8();
-        rows.flat_map(|y| (0..img.width()).map(move |x| (x, y)))
+        rows.flat_map(|y| columns.clone().map(move |x| (x, y)))
             .filter(|&(x, y)| img.get_pixel(x, y).0.iter().all(|&c| c < 100))
             .count()
     }
@@ -1321,9 +1327,12 @@ mod tests {
         loss_chart(&path, &steps, &[50, 100], false).unwrap();
         assert_eq!(image::image_dimensions(&path).unwrap(), (900, 500));
         // The caption sits in the top 40 rows: text there means the font rendered.
-        assert!(dark_pixels(&path, 0..40) > 100, "no title text");
+        assert!(dark_pixels(&path, 0..40, 0..900) > 100, "no title text");
         loss_chart(&path, &steps, &[50, 100], true).unwrap();
-        assert!(dark_pixels(&path, 0..40) > 100, "no title text (log scale)");
+        assert!(
+            dark_pixels(&path, 0..40, 0..900) > 100,
+            "no title text (log scale)"
+        );
     }
 
     #[test]
@@ -1365,10 +1374,10 @@ mod tests {
         }
         // Its label's text to the right of the sample.
         let y = LegendEntry::TOP as u32;
-        let text = (1042..1290)
-            .filter(|&x| (y - 6..y + 6).any(|y| img.get_pixel(x, y).0.iter().all(|&c| c < 100)))
-            .count();
-        assert!(text > 50, "no label text beside the first sample");
+        assert!(
+            dark_pixels(&path, y - 6..y + 6, 1042..1300) > 50,
+            "no label text beside the first sample"
+        );
     }
 
     #[test]
