@@ -1,6 +1,8 @@
 //! 2-D convolution as one matrix product per image (or per few images, for
 //! small maps), forward and backward; 3x3 "same" convolutions over maps 16
-//! or more wide as nine shifted products instead (see [`shifted_forward`]).
+//! or more wide as nine shifted products instead (see [`shifted_forward`]),
+//! and over maps 5 to 15 wide by Winograd's F(4x4, 3x3) transforms (see
+//! [`winograd`]).
 //!
 //! Each image's patches are unfolded once per pass into a `[C·kh·kw, OH·OW]`
 //! matrix (im2col; images with small maps side by side in one matrix); the
@@ -28,6 +30,8 @@ use burn_flex::FlexTensor;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
+
+mod winograd;
 
 /// 2-D convolution (no dilation, one group) as a backend extension.
 #[backend_extension(Flex, Autodiff)]
@@ -343,7 +347,7 @@ impl Geometry {
     /// pays at every size (BENCHMARKS.md, "bf16 products on AMX").
     fn shifted(&self, engine: Engine) -> bool {
         let same_3x3 = self.kernel == [3, 3] && self.pad == [1, 1] && self.same_size();
-        same_3x3 && (engine != Engine::F32 || (self.channels >= 16 && self.width >= 16))
+        same_3x3 && (engine != Engine::F32 || (self.channels >= 16 && self.width >= SHIFTED_WIDTH))
     }
 
     /// Images per parallel task, so that each core gets a few tasks.
@@ -362,6 +366,11 @@ impl Geometry {
         wanted.min(most).max(1)
     }
 }
+
+/// The narrowest map on which a 3x3 "same" convolution runs as shifted
+/// products in f32 ([`Geometry::shifted`]); narrower maps from 5 wide run
+/// by Winograd's transforms ([`winograd`]).
+const SHIFTED_WIDTH: usize = 16;
 
 /// Columns a matrix product should have at least (see
 /// [`Geometry::images_per_product`]).
@@ -423,6 +432,10 @@ fn forward(
     let (xs, ws): (&[f32], &[f32]) = (x.storage(), weight.storage());
     let bias = bias.map(|b| b.to_contiguous().storage::<f32>().to_vec());
     let (co, k, p) = (g.out_channels, g.patch(), g.positions());
+    if engine == Engine::F32 && winograd::applies(&g) {
+        let out = winograd::forward(xs, ws, bias.as_deref(), &g);
+        return tensor(out, &[g.batch, co, g.out_height, g.out_width]);
+    }
     if g.shifted(engine) {
         let out = shifted_forward(xs, ws, bias.as_deref(), &g, engine);
         return tensor(out, &[g.batch, co, g.out_height, g.out_width]);
@@ -820,6 +833,15 @@ fn backward(
         .then(|| same_size_input_gradient(&grad, ws, &g, options, engine));
     let input_grad = input_grad && same_size_dx.is_none();
     let (co, k, p) = (g.out_channels, g.patch(), g.positions());
+    if engine == Engine::F32 && winograd::applies(&g) {
+        let (dw, bias) = winograd::weight_gradient(xs, dy, &g);
+        let shape = weight.layout().shape().clone();
+        return (
+            same_size_dx,
+            tensor(dw, shape.as_slice()),
+            tensor(bias, &[co]),
+        );
+    }
     if g.shifted(engine) {
         let (dw, bias) = shifted_weight_gradient(xs, dy, &g, engine);
         let shape = weight.layout().shape().clone();
@@ -1157,6 +1179,28 @@ mod tests {
         // From 64 channels, one product per offset instead of three copies
         // of the image; the input gradient (3 outputs) goes through im2col.
         check([2, 64, 4, 17], 3, [3, 3], options(1, 1), true);
+    }
+
+    #[test]
+    fn winograd_transforms_equal_burns_convolution() {
+        // On two threads: 13 images of 7x9 make tasks of 3 images and a
+        // last task of one; 8x8 maps with 64 channels in, a whole number of
+        // tiles; 15x5, tiles hanging over the bottom and right edges. The
+        // input gradients (convolutions by the turned weights) run here too.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("a thread pool");
+        pool.install(|| {
+            for x in [[13, 8, 7, 9], [4, 64, 8, 8], [3, 5, 15, 5]] {
+                let g = Geometry::new(&x, &[6, x[1], 3, 3], &options(1, 1));
+                assert!(winograd::applies(&g), "{g:?}");
+            }
+            Device::flex().autodiff().seed(8);
+            check([13, 8, 7, 9], 6, [3, 3], options(1, 1), true);
+            check([4, 64, 8, 8], 32, [3, 3], options(1, 1), false);
+            check([3, 5, 15, 5], 7, [3, 3], options(1, 1), true);
+        });
     }
 
     #[test]
