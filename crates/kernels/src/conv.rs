@@ -361,9 +361,26 @@ impl Geometry {
     /// thin, slow products one image at a time; grouping made its 3x3 layer
     /// about 1.7x faster and left 7x7 and larger maps as they were.
     fn images_per_product(&self) -> usize {
-        let wanted = PRODUCT_COLUMNS.div_ceil(self.positions());
+        self.images_for_columns(PRODUCT_COLUMNS, self.positions())
+    }
+
+    /// Images side by side in one product of at least `columns` columns,
+    /// `per_image` from each image, while leaving each core at least two
+    /// products.
+    fn images_for_columns(&self, columns: usize, per_image: usize) -> usize {
+        let wanted = columns.div_ceil(per_image);
         let most = self.batch / (2 * rayon::current_num_threads());
         wanted.min(most).max(1)
+    }
+}
+
+/// Adds to `bias` the bias gradient of the output gradients `dy`
+/// (`[n, CO, plane]`): each channel's sum.
+fn add_bias_gradients(bias: &mut [f32], dy: &[f32], plane: usize) {
+    for image_dy in dy.chunks_exact(bias.len() * plane) {
+        for (b, values) in bias.iter_mut().zip(image_dy.chunks_exact(plane)) {
+            *b += lane_sum(values);
+        }
     }
 }
 
@@ -833,17 +850,16 @@ fn backward(
         .then(|| same_size_input_gradient(&grad, ws, &g, options, engine));
     let input_grad = input_grad && same_size_dx.is_none();
     let (co, k, p) = (g.out_channels, g.patch(), g.positions());
-    if engine == Engine::F32 && winograd::applies(&g) {
-        let (dw, bias) = winograd::weight_gradient(xs, dy, &g);
-        let shape = weight.layout().shape().clone();
-        return (
-            same_size_dx,
-            tensor(dw, shape.as_slice()),
-            tensor(bias, &[co]),
-        );
-    }
-    if g.shifted(engine) {
-        let (dw, bias) = shifted_weight_gradient(xs, dy, &g, engine);
+    // Winograd's transforms and the shifted products compute the weight and
+    // bias gradients without unfolding the images.
+    let without_unfolding = if engine == Engine::F32 && winograd::applies(&g) {
+        Some(winograd::weight_gradient(xs, dy, &g))
+    } else if g.shifted(engine) {
+        Some(shifted_weight_gradient(xs, dy, &g, engine))
+    } else {
+        None
+    };
+    if let Some((dw, bias)) = without_unfolding {
         let shape = weight.layout().shape().clone();
         return (
             same_size_dx,
@@ -879,11 +895,7 @@ fn backward(
         .with_min_len(g.images_per_task().div_ceil(group))
         .fold(init, |mut acc, (images_grad, (images, dy))| {
             let width = images.len() / g.image() * p;
-            for image_dy in dy.chunks_exact(co * p) {
-                for (b, row) in acc.bias.iter_mut().zip(image_dy.chunks_exact(p)) {
-                    *b += lane_sum(row);
-                }
-            }
+            add_bias_gradients(&mut acc.bias, dy, p);
             let dy = if own_grad {
                 for (i, image_dy) in dy.chunks_exact(co * p).enumerate() {
                     for (r, from) in image_dy.chunks_exact(p).enumerate() {

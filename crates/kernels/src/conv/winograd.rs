@@ -34,8 +34,8 @@
 //! `dU[ξ] = Σ dM[ξ] · V[ξ]ᵀ`, with `dM = A dY Aᵀ` per tile, turned back
 //! into a 3x3 filter by `dg = Gᵀ dU G`.
 
-use super::{Geometry, row_major, row_major_mut};
-use crate::{add_gradients, lane_sum};
+use super::{Geometry, add_bias_gradients, row_major, row_major_mut};
+use crate::add_gradients;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Par};
 use rayon::prelude::*;
@@ -106,11 +106,7 @@ const NARROWEST: usize = 5;
 /// as much on its bookkeeping as on its arithmetic).
 #[derive(Debug, Clone, Copy)]
 struct Tiles {
-    batch: usize,
-    channels: usize,
-    out_channels: usize,
-    height: usize,
-    width: usize,
+    g: Geometry,
     /// Tile rows, `⌈H/4⌉`.
     rows: usize,
     /// Tile columns, `⌈W/4⌉`.
@@ -120,11 +116,7 @@ struct Tiles {
 impl Tiles {
     fn new(g: &Geometry) -> Self {
         Self {
-            batch: g.batch,
-            channels: g.channels,
-            out_channels: g.out_channels,
-            height: g.height,
-            width: g.width,
+            g: *g,
             rows: g.height.div_ceil(TILE),
             columns: g.width.div_ceil(TILE),
         }
@@ -135,21 +127,20 @@ impl Tiles {
     }
 
     fn plane(&self) -> usize {
-        self.height * self.width
+        self.g.height * self.g.width
     }
 
     /// Images per task: enough that a product has about [`PRODUCT_TILES`]
     /// columns, while leaving each core at least two tasks.
     fn images_per_task(&self) -> usize {
-        let wanted = PRODUCT_TILES.div_ceil(self.per_image());
-        let most = self.batch / (2 * rayon::current_num_threads());
-        wanted.min(most).max(1)
+        self.g.images_for_columns(PRODUCT_TILES, self.per_image())
     }
 
     /// Tasks of `group` images that each core runs, so that each core
     /// allocates its buffers once.
     fn tasks_per_core(&self, group: usize) -> usize {
-        self.batch
+        self.g
+            .batch
             .div_ceil(group)
             .div_ceil(rayon::current_num_threads())
     }
@@ -166,7 +157,7 @@ impl Tiles {
     /// `(ty, tx)` of image `i` at the tile's column (see [`Tiles`]), that
     /// is, padded value `(4ty + r, 4tx + k)`.
     fn gather_windows(&self, images: &[f32], ci: usize, n: usize, windows: &mut [f32]) {
-        let (h, w, columns) = (self.height, self.width, self.columns);
+        let (h, w, columns) = (self.g.height, self.g.width, self.columns);
         for (rk, run) in windows.chunks_exact_mut(n * self.per_image()).enumerate() {
             let (r, k) = (rk / WINDOW, rk % WINDOW);
             // Tiles `lo..hi` read inside an image row, from column
@@ -184,7 +175,7 @@ impl Tiles {
                     continue;
                 };
                 for (i, tiles) in row_of_tiles.chunks_exact_mut(columns).enumerate() {
-                    let row = &images[((i * self.channels + ci) * h + y) * w..][..w];
+                    let row = &images[((i * self.g.channels + ci) * h + y) * w..][..w];
                     tiles[..lo].fill(0.0);
                     tiles[hi.max(lo)..].fill(0.0);
                     if lo < hi {
@@ -203,7 +194,7 @@ impl Tiles {
     /// value `(p, q)` of every tile, at the tile's column (zero past the
     /// edge of the map).
     fn gather_gradient(&self, dy: &[f32], o: usize, n: usize, gradient: &mut [f32]) {
-        let (h, w, columns) = (self.height, self.width, self.columns);
+        let (h, w, columns) = (self.g.height, self.g.width, self.columns);
         for (pq, run) in gradient.chunks_exact_mut(n * self.per_image()).enumerate() {
             let (p, q) = (pq / TILE, pq % TILE);
             // Tiles `..inside` read column `4tx + q` inside a row.
@@ -215,7 +206,7 @@ impl Tiles {
                     continue;
                 }
                 for (i, tiles) in row_of_tiles.chunks_exact_mut(columns).enumerate() {
-                    let row = &dy[((i * self.out_channels + o) * h + y) * w..][..w];
+                    let row = &dy[((i * self.g.out_channels + o) * h + y) * w..][..w];
                     if inside > 0 {
                         for (value, &x) in tiles.iter_mut().zip(row[q..].iter().step_by(TILE)) {
                             *value = x;
@@ -231,7 +222,7 @@ impl Tiles {
     /// channel `o` in run `4p + q`) into the outputs `[n, CO, H, W]`,
     /// dropping those past the edge of the map.
     fn scatter_output(&self, values: &[f32], o: usize, n: usize, out: &mut [f32]) {
-        let (h, w, columns) = (self.height, self.width, self.columns);
+        let (h, w, columns) = (self.g.height, self.g.width, self.columns);
         let (width, row_len) = (n * self.per_image(), n * columns);
         let full = w / TILE;
         for ty in 0..self.rows {
@@ -244,7 +235,7 @@ impl Tiles {
                     &values[(TILE * p + q) * width + ty * row_len..][..row_len]
                 });
                 for i in 0..n {
-                    let row = &mut out[((i * self.out_channels + o) * h + y) * w..][..w];
+                    let row = &mut out[((i * self.g.out_channels + o) * h + y) * w..][..w];
                     let tiles: [&[f32]; TILE] =
                         std::array::from_fn(|q| &runs[q][i * columns..][..columns]);
                     for (tx, values) in row.chunks_exact_mut(TILE).enumerate() {
@@ -583,7 +574,7 @@ impl pulp::WithSimd for InputTransform<'_> {
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, simd: S) {
         let (t, n) = (self.tiles, self.n);
-        let (c, width) = (t.channels, n * t.per_image());
+        let (c, width) = (t.g.channels, n * t.per_image());
         for ci in 0..c {
             t.gather_windows(self.images, ci, n, self.windows);
             let d: [&[f32]; POSITIONS] =
@@ -620,7 +611,7 @@ impl pulp::WithSimd for OutputTransform<'_> {
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, simd: S) {
         let (t, n) = (self.tiles, self.n);
-        let (co, width) = (t.out_channels, n * t.per_image());
+        let (co, width) = (t.g.out_channels, n * t.per_image());
         for o in 0..co {
             let bias = self.bias.map_or(0.0, |b| b[o]);
             let m: [&[f32]; POSITIONS] =
@@ -660,7 +651,7 @@ impl pulp::WithSimd for GradientTransform<'_> {
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, simd: S) {
         let (t, n) = (self.tiles, self.n);
-        let (co, width) = (t.out_channels, n * t.per_image());
+        let (co, width) = (t.g.out_channels, n * t.per_image());
         for o in 0..co {
             t.gather_gradient(self.dy, o, n, self.gradient);
             let g: [&[f32]; 16] = std::array::from_fn(|k| &self.gradient[k * width..][..width]);
@@ -721,11 +712,11 @@ fn untransform_weight_gradient(du: &[f32], co: usize, c: usize) -> Vec<f32> {
 /// The convolution's output, `[N, CO, H, W]`.
 pub(super) fn forward(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
     let t = Tiles::new(g);
-    let (c, co, tiles) = (t.channels, t.out_channels, t.per_image());
+    let (c, co, tiles) = (t.g.channels, t.g.out_channels, t.per_image());
     let u = transform_weights(ws, co, c);
     let group = t.images_per_task();
     let arch = pulp::Arch::new();
-    let mut out = crate::zeros(t.batch * co * t.plane());
+    let mut out = crate::zeros(t.g.batch * co * t.plane());
     out.par_chunks_mut(group * co * t.plane())
         .zip(xs.par_chunks(group * c * t.plane()))
         .with_min_len(t.tasks_per_core(group))
@@ -775,7 +766,7 @@ pub(super) fn forward(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, g: &Geometry
 /// given the input `xs` and the output gradient `dy`.
 pub(super) fn weight_gradient(xs: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>, Vec<f32>) {
     let t = Tiles::new(g);
-    let (c, co, tiles) = (t.channels, t.out_channels, t.per_image());
+    let (c, co, tiles) = (t.g.channels, t.g.out_channels, t.per_image());
     let group = t.images_per_task();
     let arch = pulp::Arch::new();
     let zero = || (vec![0f32; POSITIONS * co * c], vec![0f32; co]);
@@ -796,11 +787,7 @@ pub(super) fn weight_gradient(xs: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>
             |((mut du, mut bias), mut windows, mut gradient, mut v, mut dm), (images, dy)| {
                 let n = images.len() / (c * t.plane());
                 let width = n * tiles;
-                for image_dy in dy.chunks_exact(co * t.plane()) {
-                    for (b, plane) in bias.iter_mut().zip(image_dy.chunks_exact(t.plane())) {
-                        *b += lane_sum(plane);
-                    }
-                }
+                add_bias_gradients(&mut bias, dy, t.plane());
                 arch.dispatch(InputTransform {
                     tiles: t,
                     images,
