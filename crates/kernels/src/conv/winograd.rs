@@ -98,12 +98,17 @@ const NARROWEST: usize = 5;
 /// The 4x4 output tiles of the images and how a task lays them out.
 ///
 /// A task transforms `n` images at once. Its products' columns are the
-/// tiles, row of tiles by row of tiles: tile `(ty, tx)` of image `i` is
-/// column `(ty·n + i)·columns + tx`. Each channel's row of the transformed
-/// matrices covers all the task's tiles, one run of `n·tiles` values that
-/// the transforms fill in vector registers even where a map is only 2
-/// tiles wide (a transform per row of tiles, on runs of 8 values, spent
-/// as much on its bookkeeping as on its arithmetic).
+/// tiles, row of tiles by row of tiles, with the image innermost: tile
+/// `(ty, tx)` of image `i` is column `(ty·columns + tx)·n + i`. Each
+/// channel's row of the transformed matrices covers all the task's tiles,
+/// one run of `n·tiles` values that the transforms fill in vector
+/// registers even where a map is only 2 tiles wide (a transform per row of
+/// tiles, on runs of 8 values, spent as much on its bookkeeping as on its
+/// arithmetic). With the image innermost, the gathers and the scatter move
+/// runs of `n` values, copies of whole vectors, to and from a copy of one
+/// channel's planes with the image innermost; with the tile innermost they
+/// moved one value at a time, every fourth of a row, and took a fifth of
+/// the recipe's step.
 #[derive(Debug, Clone, Copy)]
 struct Tiles {
     g: Geometry,
@@ -151,39 +156,45 @@ impl Tiles {
         POSITIONS * n * self.per_image()
     }
 
+    /// Values of one channel of `n` images, the buffer through which the
+    /// gathers and the scatter go (see [`interleave`]).
+    fn planes_len(&self, n: usize) -> usize {
+        n * self.plane()
+    }
+
+    /// Tile `tile` of the runs' order, as `(ty, tx)`.
+    fn position(&self, tile: usize) -> (usize, usize) {
+        (tile / self.columns, tile % self.columns)
+    }
+
     /// Fills `windows` with channel `ci` of the `n` images `[n, C, H, W]`,
     /// zero-padded by one all round, as the input transform reads it: run
-    /// `6r + k` holds value `(r, k)` of every tile's 6x6 window, tile
-    /// `(ty, tx)` of image `i` at the tile's column (see [`Tiles`]), that
-    /// is, padded value `(4ty + r, 4tx + k)`.
-    fn gather_windows(&self, images: &[f32], ci: usize, n: usize, windows: &mut [f32]) {
-        let (h, w, columns) = (self.g.height, self.g.width, self.columns);
+    /// `6r + k` holds value `(r, k)` of every tile's 6x6 window, the `n`
+    /// images of tile `(ty, tx)` side by side (see [`Tiles`]), that is,
+    /// padded value `(4ty + r, 4tx + k)`. `planes` holds the channel with
+    /// the image innermost on the way.
+    fn gather_windows(
+        &self,
+        images: &[f32],
+        ci: usize,
+        n: usize,
+        planes: &mut [f32],
+        windows: &mut [f32],
+    ) {
+        let (h, w, hw) = (self.g.height, self.g.width, self.plane());
+        interleave(&images[ci * hw..], self.g.channels * hw, n, hw, planes);
         for (rk, run) in windows.chunks_exact_mut(n * self.per_image()).enumerate() {
             let (r, k) = (rk / WINDOW, rk % WINDOW);
-            // Tiles `lo..hi` read inside an image row, from column
-            // `4·lo + k - 1`.
-            let lo = usize::from(k == 0);
-            let hi = if w >= k {
-                ((w - k) / TILE + 1).min(columns)
-            } else {
-                0
-            };
-            for (ty, row_of_tiles) in run.chunks_exact_mut(n * columns).enumerate() {
-                // Padded row 4ty + r is image row 4ty + r - 1.
-                let Some(y) = (TILE * ty + r).checked_sub(1).filter(|&y| y < h) else {
-                    row_of_tiles.fill(0.0);
-                    continue;
-                };
-                for (i, tiles) in row_of_tiles.chunks_exact_mut(columns).enumerate() {
-                    let row = &images[((i * self.g.channels + ci) * h + y) * w..][..w];
-                    tiles[..lo].fill(0.0);
-                    tiles[hi.max(lo)..].fill(0.0);
-                    if lo < hi {
-                        let from = row[TILE * lo + k - 1..].iter().step_by(TILE);
-                        for (value, &x) in tiles[lo..hi].iter_mut().zip(from) {
-                            *value = x;
-                        }
-                    }
+            for (tile, values) in run.chunks_exact_mut(n).enumerate() {
+                let (ty, tx) = self.position(tile);
+                // Padded value (y + 1, x + 1) is image value (y, x); the
+                // padding's row and column wrap round to past the end.
+                let y = (TILE * ty + r).wrapping_sub(1);
+                let x = (TILE * tx + k).wrapping_sub(1);
+                if y < h && x < w {
+                    values.copy_from_slice(&planes[(y * w + x) * n..][..n]);
+                } else {
+                    values.fill(0.0);
                 }
             }
         }
@@ -191,28 +202,27 @@ impl Tiles {
 
     /// Fills the 16 runs of `gradient` with the output gradients of
     /// channel `o` of the `n` images `[n, CO, H, W]`: run `4p + q` holds
-    /// value `(p, q)` of every tile, at the tile's column (zero past the
-    /// edge of the map).
-    fn gather_gradient(&self, dy: &[f32], o: usize, n: usize, gradient: &mut [f32]) {
-        let (h, w, columns) = (self.g.height, self.g.width, self.columns);
+    /// value `(p, q)` of every tile, its `n` images side by side (zero
+    /// past the edge of the map).
+    fn gather_gradient(
+        &self,
+        dy: &[f32],
+        o: usize,
+        n: usize,
+        planes: &mut [f32],
+        gradient: &mut [f32],
+    ) {
+        let (h, w, hw) = (self.g.height, self.g.width, self.plane());
+        interleave(&dy[o * hw..], self.g.out_channels * hw, n, hw, planes);
         for (pq, run) in gradient.chunks_exact_mut(n * self.per_image()).enumerate() {
             let (p, q) = (pq / TILE, pq % TILE);
-            // Tiles `..inside` read column `4tx + q` inside a row.
-            let inside = w.saturating_sub(q).div_ceil(TILE);
-            for (ty, row_of_tiles) in run.chunks_exact_mut(n * columns).enumerate() {
-                let y = TILE * ty + p;
-                if y >= h {
-                    row_of_tiles.fill(0.0);
-                    continue;
-                }
-                for (i, tiles) in row_of_tiles.chunks_exact_mut(columns).enumerate() {
-                    let row = &dy[((i * self.g.out_channels + o) * h + y) * w..][..w];
-                    if inside > 0 {
-                        for (value, &x) in tiles.iter_mut().zip(row[q..].iter().step_by(TILE)) {
-                            *value = x;
-                        }
-                    }
-                    tiles[inside..].fill(0.0);
+            for (tile, values) in run.chunks_exact_mut(n).enumerate() {
+                let (ty, tx) = self.position(tile);
+                let (y, x) = (TILE * ty + p, TILE * tx + q);
+                if y < h && x < w {
+                    values.copy_from_slice(&planes[(y * w + x) * n..][..n]);
+                } else {
+                    values.fill(0.0);
                 }
             }
         }
@@ -220,34 +230,49 @@ impl Tiles {
 
     /// Writes the 16 runs of `values` (value `(p, q)` of every tile of
     /// channel `o` in run `4p + q`) into the outputs `[n, CO, H, W]`,
-    /// dropping those past the edge of the map.
-    fn scatter_output(&self, values: &[f32], o: usize, n: usize, out: &mut [f32]) {
-        let (h, w, columns) = (self.g.height, self.g.width, self.columns);
-        let (width, row_len) = (n * self.per_image(), n * columns);
-        let full = w / TILE;
-        for ty in 0..self.rows {
-            for p in 0..TILE {
-                let y = TILE * ty + p;
-                if y >= h {
-                    break;
-                }
-                let runs: [&[f32]; TILE] = std::array::from_fn(|q| {
-                    &values[(TILE * p + q) * width + ty * row_len..][..row_len]
-                });
-                for i in 0..n {
-                    let row = &mut out[((i * self.g.out_channels + o) * h + y) * w..][..w];
-                    let tiles: [&[f32]; TILE] =
-                        std::array::from_fn(|q| &runs[q][i * columns..][..columns]);
-                    for (tx, values) in row.chunks_exact_mut(TILE).enumerate() {
-                        for q in 0..TILE {
-                            values[q] = tiles[q][tx];
-                        }
-                    }
-                    for x in full * TILE..w {
-                        row[x] = tiles[x % TILE][full];
-                    }
+    /// dropping those past the edge of the map; `planes` holds the channel
+    /// with the image innermost on the way.
+    fn scatter_output(
+        &self,
+        values: &[f32],
+        o: usize,
+        n: usize,
+        planes: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let (h, w, hw) = (self.g.height, self.g.width, self.plane());
+        for (pq, run) in values.chunks_exact(n * self.per_image()).enumerate() {
+            let (p, q) = (pq / TILE, pq % TILE);
+            for (tile, values) in run.chunks_exact(n).enumerate() {
+                let (ty, tx) = self.position(tile);
+                let (y, x) = (TILE * ty + p, TILE * tx + q);
+                if y < h && x < w {
+                    planes[(y * w + x) * n..][..n].copy_from_slice(values);
                 }
             }
+        }
+        deinterleave(planes, n, hw, &mut out[o * hw..], self.g.out_channels * hw);
+    }
+}
+
+/// Copies `len` values of each of the `n` planes that start `stride` apart
+/// in `planes` into `out`, with the plane innermost: `out[p·n + i] =
+/// planes[i·stride + p]`.
+fn interleave(planes: &[f32], stride: usize, n: usize, len: usize, out: &mut [f32]) {
+    for i in 0..n {
+        let plane = &planes[i * stride..][..len];
+        for (values, &x) in out.chunks_exact_mut(n).zip(plane) {
+            values[i] = x;
+        }
+    }
+}
+
+/// The inverse of [`interleave`]: `planes[i·stride + p] = values[p·n + i]`.
+fn deinterleave(values: &[f32], n: usize, len: usize, planes: &mut [f32], stride: usize) {
+    for i in 0..n {
+        let plane = &mut planes[i * stride..][..len];
+        for (x, values) in plane.iter_mut().zip(values.chunks_exact(n)) {
+            *x = values[i];
         }
     }
 }
@@ -564,6 +589,8 @@ struct InputTransform<'a> {
     tiles: Tiles,
     images: &'a [f32],
     n: usize,
+    /// One channel of the images, the image innermost.
+    planes: &'a mut [f32],
     windows: &'a mut [f32],
     v: &'a mut [f32],
 }
@@ -576,7 +603,7 @@ impl pulp::WithSimd for InputTransform<'_> {
         let (t, n) = (self.tiles, self.n);
         let (c, width) = (t.g.channels, n * t.per_image());
         for ci in 0..c {
-            t.gather_windows(self.images, ci, n, self.windows);
+            t.gather_windows(self.images, ci, n, self.planes, self.windows);
             let d: [&[f32]; POSITIONS] =
                 std::array::from_fn(|rk| &self.windows[rk * width..][..width]);
             let columns = (
@@ -602,6 +629,8 @@ struct OutputTransform<'a> {
     bias: Option<&'a [f32]>,
     /// 16 runs: value `(p, q)` of each tile of a row of tiles.
     values: &'a mut [f32],
+    /// One channel of the outputs, the image innermost.
+    planes: &'a mut [f32],
     out: &'a mut [f32],
 }
 
@@ -621,7 +650,7 @@ impl pulp::WithSimd for OutputTransform<'_> {
             lanewise(simd, m, split4(r1, width), OutputRow::<1> { bias });
             lanewise(simd, m, split4(r2, width), OutputRow::<2> { bias });
             lanewise(simd, m, split4(r3, width), OutputRow::<3> { bias });
-            t.scatter_output(self.values, o, n, self.out);
+            t.scatter_output(self.values, o, n, self.planes, self.out);
         }
     }
 }
@@ -642,6 +671,8 @@ struct GradientTransform<'a> {
     n: usize,
     /// 16 runs: value `(p, q)` of each tile's gradient.
     gradient: &'a mut [f32],
+    /// One channel of the output gradients, the image innermost.
+    planes: &'a mut [f32],
     dm: &'a mut [f32],
 }
 
@@ -653,7 +684,7 @@ impl pulp::WithSimd for GradientTransform<'_> {
         let (t, n) = (self.tiles, self.n);
         let (co, width) = (t.g.out_channels, n * t.per_image());
         for o in 0..co {
-            t.gather_gradient(self.dy, o, n, self.gradient);
+            t.gather_gradient(self.dy, o, n, self.planes, self.gradient);
             let g: [&[f32]; 16] = std::array::from_fn(|k| &self.gradient[k * width..][..width]);
             let columns = (
                 GradientColumn::<0>,
@@ -723,19 +754,21 @@ pub(super) fn forward(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, g: &Geometry
         .for_each_init(
             || {
                 (
+                    vec![0f32; t.planes_len(group)],
                     vec![0f32; t.windows_len(group)],
                     vec![0f32; POSITIONS * stride(c, group * tiles)],
                     vec![0f32; POSITIONS * stride(co, group * tiles)],
                     vec![0f32; TILE * TILE * group * tiles],
                 )
             },
-            |(windows, v, m, values), (out, images)| {
+            |(planes, windows, v, m, values), (out, images)| {
                 let n = images.len() / (c * t.plane());
                 let width = n * tiles;
                 arch.dispatch(InputTransform {
                     tiles: t,
                     images,
                     n,
+                    planes: &mut planes[..t.planes_len(n)],
                     windows: &mut windows[..t.windows_len(n)],
                     v,
                 });
@@ -755,6 +788,7 @@ pub(super) fn forward(xs: &[f32], ws: &[f32], bias: Option<&[f32]>, g: &Geometry
                     n,
                     bias,
                     values: &mut values[..TILE * TILE * width],
+                    planes: &mut planes[..t.planes_len(n)],
                     out,
                 });
             },
@@ -778,13 +812,15 @@ pub(super) fn weight_gradient(xs: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>
             || {
                 (
                     zero(),
+                    vec![0f32; t.planes_len(group)],
                     vec![0f32; t.windows_len(group)],
                     vec![0f32; TILE * TILE * group * tiles],
                     vec![0f32; POSITIONS * stride(c, group * tiles)],
                     vec![0f32; POSITIONS * stride(co, group * tiles)],
                 )
             },
-            |((mut du, mut bias), mut windows, mut gradient, mut v, mut dm), (images, dy)| {
+            |((mut du, mut bias), mut planes, mut windows, mut gradient, mut v, mut dm),
+             (images, dy)| {
                 let n = images.len() / (c * t.plane());
                 let width = n * tiles;
                 add_bias_gradients(&mut bias, dy, t.plane());
@@ -792,6 +828,7 @@ pub(super) fn weight_gradient(xs: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>
                     tiles: t,
                     images,
                     n,
+                    planes: &mut planes[..t.planes_len(n)],
                     windows: &mut windows[..t.windows_len(n)],
                     v: &mut v,
                 });
@@ -800,6 +837,7 @@ pub(super) fn weight_gradient(xs: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>
                     dy,
                     n,
                     gradient: &mut gradient[..TILE * TILE * width],
+                    planes: &mut planes[..t.planes_len(n)],
                     dm: &mut dm,
                 });
                 for xi in 0..POSITIONS {
@@ -812,7 +850,7 @@ pub(super) fn weight_gradient(xs: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>
                         Par::Seq,
                     );
                 }
-                ((du, bias), windows, gradient, v, dm)
+                ((du, bias), planes, windows, gradient, v, dm)
             },
         )
         .map(|(sums, ..)| sums)
