@@ -350,6 +350,12 @@ impl Geometry {
         same_3x3 && (engine != Engine::F32 || (self.channels >= 16 && self.width >= SHIFTED_WIDTH))
     }
 
+    /// Whether the convolution runs by Winograd's transforms: in f32 (bf16
+    /// keeps its own products), on the maps [`winograd::applies`] takes.
+    fn winograd(&self, engine: Engine) -> bool {
+        engine == Engine::F32 && winograd::applies(self)
+    }
+
     /// Images per parallel task, so that each core gets a few tasks.
     fn images_per_task(&self) -> usize {
         (self.batch / (4 * rayon::current_num_threads())).max(1)
@@ -449,7 +455,7 @@ fn forward(
     let (xs, ws): (&[f32], &[f32]) = (x.storage(), weight.storage());
     let bias = bias.map(|b| b.to_contiguous().storage::<f32>().to_vec());
     let (co, k, p) = (g.out_channels, g.patch(), g.positions());
-    if engine == Engine::F32 && winograd::applies(&g) {
+    if g.winograd(engine) {
         let out = winograd::forward(xs, ws, bias.as_deref(), &g);
         return tensor(out, &[g.batch, co, g.out_height, g.out_width]);
     }
@@ -852,7 +858,7 @@ fn backward(
     let (co, k, p) = (g.out_channels, g.patch(), g.positions());
     // Winograd's transforms and the shifted products compute the weight and
     // bias gradients without unfolding the images.
-    let without_unfolding = if engine == Engine::F32 && winograd::applies(&g) {
+    let without_unfolding = if g.winograd(engine) {
         Some(winograd::weight_gradient(xs, dy, &g))
     } else if g.shifted(engine) {
         Some(shifted_weight_gradient(xs, dy, &g, engine))

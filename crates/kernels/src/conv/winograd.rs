@@ -150,7 +150,7 @@ impl Tiles {
             .div_ceil(rayon::current_num_threads())
     }
 
-    /// Values of the buffer [`gather_windows`](Self::gather_windows) fills
+    /// Values of the buffer [`gather`](Self::gather) fills with windows
     /// for `n` images: 36 runs of `n·tiles`.
     fn windows_len(&self, n: usize) -> usize {
         POSITIONS * n * self.per_image()
@@ -162,67 +162,44 @@ impl Tiles {
         n * self.plane()
     }
 
-    /// Tile `tile` of the runs' order, as `(ty, tx)`.
-    fn position(&self, tile: usize) -> (usize, usize) {
-        (tile / self.columns, tile % self.columns)
+    /// Where value `(a, b)` of the block of tile `tile` (in the runs'
+    /// order) that starts at image value `(4ty - shift, 4tx - shift)` lies
+    /// in a plane: its index, or `None` outside the map.
+    fn value_at(&self, tile: usize, (a, b): (usize, usize), shift: usize) -> Option<usize> {
+        let (ty, tx) = (tile / self.columns, tile % self.columns);
+        // Before the map's first row or column the difference wraps round
+        // to past its end.
+        let y = (TILE * ty + a).wrapping_sub(shift);
+        let x = (TILE * tx + b).wrapping_sub(shift);
+        (y < self.g.height && x < self.g.width).then_some(y * self.g.width + x)
     }
 
-    /// Fills `windows` with channel `ci` of the `n` images `[n, C, H, W]`,
-    /// zero-padded by one all round, as the input transform reads it: run
-    /// `6r + k` holds value `(r, k)` of every tile's 6x6 window, the `n`
-    /// images of tile `(ty, tx)` side by side (see [`Tiles`]), that is,
-    /// padded value `(4ty + r, 4tx + k)`. `planes` holds the channel with
-    /// the image innermost on the way.
-    fn gather_windows(
+    /// Fills `runs` with channel `channel` of the `n` images `[n, channels,
+    /// H, W]`, as a transform reads it: run `side·a + b` holds value `(a,
+    /// b)` of every tile's `side x side` block that starts at image value
+    /// `(4ty - shift, 4tx - shift)`, the `n` images of tile `(ty, tx)` side
+    /// by side (see [`Tiles`]), zero outside the map. The input transform
+    /// reads 6x6 windows of the input zero-padded by one (`side` 6, `shift`
+    /// 1), the gradient transform the 4x4 tiles of the output gradients
+    /// (`side` 4, `shift` 0). `planes` holds the channel with the image
+    /// innermost on the way.
+    fn gather(
         &self,
         images: &[f32],
-        ci: usize,
+        (channels, channel): (usize, usize),
         n: usize,
+        (side, shift): (usize, usize),
         planes: &mut [f32],
-        windows: &mut [f32],
+        runs: &mut [f32],
     ) {
-        let (h, w, hw) = (self.g.height, self.g.width, self.plane());
-        interleave(&images[ci * hw..], self.g.channels * hw, n, hw, planes);
-        for (rk, run) in windows.chunks_exact_mut(n * self.per_image()).enumerate() {
-            let (r, k) = (rk / WINDOW, rk % WINDOW);
+        let hw = self.plane();
+        interleave(&images[channel * hw..], channels * hw, n, hw, planes);
+        for (ab, run) in runs.chunks_exact_mut(n * self.per_image()).enumerate() {
+            let value = (ab / side, ab % side);
             for (tile, values) in run.chunks_exact_mut(n).enumerate() {
-                let (ty, tx) = self.position(tile);
-                // Padded value (y + 1, x + 1) is image value (y, x); the
-                // padding's row and column wrap round to past the end.
-                let y = (TILE * ty + r).wrapping_sub(1);
-                let x = (TILE * tx + k).wrapping_sub(1);
-                if y < h && x < w {
-                    values.copy_from_slice(&planes[(y * w + x) * n..][..n]);
-                } else {
-                    values.fill(0.0);
-                }
-            }
-        }
-    }
-
-    /// Fills the 16 runs of `gradient` with the output gradients of
-    /// channel `o` of the `n` images `[n, CO, H, W]`: run `4p + q` holds
-    /// value `(p, q)` of every tile, its `n` images side by side (zero
-    /// past the edge of the map).
-    fn gather_gradient(
-        &self,
-        dy: &[f32],
-        o: usize,
-        n: usize,
-        planes: &mut [f32],
-        gradient: &mut [f32],
-    ) {
-        let (h, w, hw) = (self.g.height, self.g.width, self.plane());
-        interleave(&dy[o * hw..], self.g.out_channels * hw, n, hw, planes);
-        for (pq, run) in gradient.chunks_exact_mut(n * self.per_image()).enumerate() {
-            let (p, q) = (pq / TILE, pq % TILE);
-            for (tile, values) in run.chunks_exact_mut(n).enumerate() {
-                let (ty, tx) = self.position(tile);
-                let (y, x) = (TILE * ty + p, TILE * tx + q);
-                if y < h && x < w {
-                    values.copy_from_slice(&planes[(y * w + x) * n..][..n]);
-                } else {
-                    values.fill(0.0);
+                match self.value_at(tile, value, shift) {
+                    Some(at) => values.copy_from_slice(&planes[at * n..][..n]),
+                    None => values.fill(0.0),
                 }
             }
         }
@@ -240,14 +217,12 @@ impl Tiles {
         planes: &mut [f32],
         out: &mut [f32],
     ) {
-        let (h, w, hw) = (self.g.height, self.g.width, self.plane());
+        let hw = self.plane();
         for (pq, run) in values.chunks_exact(n * self.per_image()).enumerate() {
-            let (p, q) = (pq / TILE, pq % TILE);
+            let value = (pq / TILE, pq % TILE);
             for (tile, values) in run.chunks_exact(n).enumerate() {
-                let (ty, tx) = self.position(tile);
-                let (y, x) = (TILE * ty + p, TILE * tx + q);
-                if y < h && x < w {
-                    planes[(y * w + x) * n..][..n].copy_from_slice(values);
+                if let Some(at) = self.value_at(tile, value, 0) {
+                    planes[at * n..][..n].copy_from_slice(values);
                 }
             }
         }
@@ -603,7 +578,14 @@ impl pulp::WithSimd for InputTransform<'_> {
         let (t, n) = (self.tiles, self.n);
         let (c, width) = (t.g.channels, n * t.per_image());
         for ci in 0..c {
-            t.gather_windows(self.images, ci, n, self.planes, self.windows);
+            t.gather(
+                self.images,
+                (c, ci),
+                n,
+                (WINDOW, 1),
+                self.planes,
+                self.windows,
+            );
             let d: [&[f32]; POSITIONS] =
                 std::array::from_fn(|rk| &self.windows[rk * width..][..width]);
             let columns = (
@@ -684,7 +666,7 @@ impl pulp::WithSimd for GradientTransform<'_> {
         let (t, n) = (self.tiles, self.n);
         let (co, width) = (t.g.out_channels, n * t.per_image());
         for o in 0..co {
-            t.gather_gradient(self.dy, o, n, self.planes, self.gradient);
+            t.gather(self.dy, (co, o), n, (TILE, 0), self.planes, self.gradient);
             let g: [&[f32]; 16] = std::array::from_fn(|k| &self.gradient[k * width..][..width]);
             let columns = (
                 GradientColumn::<0>,
